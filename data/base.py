@@ -1,0 +1,204 @@
+"""Lightning data modules: the benchmark-independent base and Trifeatures.
+
+Loaders only index uint8 arrays and yield *raw* batches; everything costly (uint8 -> float, augmentation,
+normalisation) happens in ``on_after_batch_transfer``, i.e. on whole batches on the training device.
+
+Raw batches (what the loaders yield, CPU)::
+
+    SSL:   {"raw": [m_1, ..., m_n]}
+    probe: {"raw": [m_1, ..., m_n], "y": {task: LongTensor (B,)}}
+
+Transformed batches (after ``on_after_batch_transfer`` / ``transform_batch``, on the device)::
+
+    SSL:   {"views": [v1, v2], "x": x}     v1, v2, x: lists of n tensors (two augmented copies, un-augmented input)
+    probe: {"x": [n tensors], "y": {task: tensor}}
+
+Lightning only calls the hook for loaders it drives (fit / validate with ``datamodule=``); probe code that iterates
+``probe_dataloader`` itself should use ``probe_batches(split, device)`` or call ``transform_batch`` after moving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import trifeatures as tf
+from .augment import ImageProbeTransform, ImageSSLAugment
+
+
+def _identity(batch):
+    return batch
+
+
+class PairDataset(Dataset):
+    """Pairs of rows of one image array as two modalities, fetched a whole batch at a time.
+
+    ``DataLoader`` hands ``__getitems__`` the batch's indices, so one numpy fancy-index per modality replaces
+    per-sample loading and collation.
+    """
+
+    def __init__(self, images: np.ndarray, pairs: np.ndarray, labels: dict[str, np.ndarray] | None = None):
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if len(pairs) and (pairs.min() < 0 or pairs.max() >= len(images)):
+            raise ValueError(f"pairs: indices outside [0, {len(images)})")
+        for k, v in (labels or {}).items():
+            if len(v) != len(pairs):
+                raise ValueError(f"labels: {k!r} has {len(v)} rows for {len(pairs)} pairs")
+        self.images = images
+        self.pairs = pairs
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitems__(self, indices) -> dict:
+        idx = np.asarray(indices, dtype=np.int64)
+        p = self.pairs[idx]
+        batch = {"raw": [torch.from_numpy(np.ascontiguousarray(self.images[p[:, m]])) for m in range(2)]}
+        if self.labels is not None:
+            batch["y"] = {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.labels.items()}
+        return batch
+
+    def __getitem__(self, i: int) -> dict:
+        b = self.__getitems__([i])
+        return {"raw": [t[0] for t in b["raw"]], **({"y": {k: v[0] for k, v in b["y"].items()}} if "y" in b else {})}
+
+
+class BenchmarkDataModule(pl.LightningDataModule):
+    """Base for every benchmark: SSL loaders (train / val), probe loaders (train / val / test), device transforms.
+
+    Subclasses set ``tasks`` (task -> "multiclass" | "binary" | "multilabel" | "regression") and implement
+    ``ssl_dataset(split)``, ``probe_dataset(split)``, ``augment(i, x)`` and ``prepare_input(i, x)`` (i = modality).
+    """
+
+    tasks: dict[str, str] = {}
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, drop_last: bool = False,
+                 pin_memory: bool = False):
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: must be a positive integer, got {batch_size!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers: must be a non-negative integer, got {num_workers!r}")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.drop_last = bool(drop_last)
+        self.pin_memory = bool(pin_memory)
+
+    # --- to implement -------------------------------------------------------------------------------------------
+    def ssl_dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def probe_dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def augment(self, modality: int, x: torch.Tensor) -> torch.Tensor:
+        """One independently augmented view of a raw modality batch (on the device)."""
+        raise NotImplementedError
+
+    def prepare_input(self, modality: int, x: torch.Tensor) -> torch.Tensor:
+        """The un-augmented model input for a raw modality batch (on the device)."""
+        raise NotImplementedError
+
+    # --- loaders ------------------------------------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, collate_fn=_identity, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.ssl_dataset("train")
+        # The projection head's BatchNorm cannot train on a last batch of one sample; drop only that case.
+        drop_last = self.drop_last or len(ds) % self.batch_size == 1
+        return self._loader(ds, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self):
+        ds = self.ssl_dataset("val")
+        return self._loader(ds, shuffle=False) if len(ds) else []
+
+    def probe_dataloader(self, split: str) -> DataLoader:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split: must be one of train, val, test; got {split!r}")
+        return self._loader(self.probe_dataset(split), shuffle=False)
+
+    # --- device-side transforms ---------------------------------------------------------------------------------
+    def transform_batch(self, batch: dict) -> dict:
+        if not isinstance(batch, dict) or "raw" not in batch:
+            return batch  # already transformed, or not one of ours
+        raw = batch["raw"]
+        x = [self.prepare_input(i, m) for i, m in enumerate(raw)]
+        if "y" in batch:
+            return {"x": x, "y": batch["y"]}
+        v1 = [self.augment(i, m) for i, m in enumerate(raw)]
+        v2 = [self.augment(i, m) for i, m in enumerate(raw)]
+        return {"views": [v1, v2], "x": x}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.transform_batch(batch)
+
+    def probe_batches(self, split: str, device: torch.device | str = "cpu") -> Iterator[dict]:
+        """Transformed probe batches of a split on `device`, for feature extraction outside a Trainer loop."""
+        for batch in self.probe_dataloader(split):
+            batch = {"raw": [t.to(device, non_blocking=True) for t in batch["raw"]],
+                     "y": {k: v.to(device, non_blocking=True) for k, v in batch["y"].items()}}
+            yield self.transform_batch(batch)
+
+
+class TrifeaturesDataModule(BenchmarkDataModule):
+    """Bimodal Trifeatures (SPEC §3.1) from a ``trifeatures.preprocess`` directory.
+
+    SSL batches come from the biased or unbiased pairs of the split (SSL val = the val split, carved from train
+    combinations); probe batches always use the unbiased pairs, with labels share / unique1 / unique2 / synergy.
+    """
+
+    tasks = {"share": "multiclass", "unique1": "multiclass", "unique2": "multiclass", "synergy": "binary"}
+    num_classes = {"share": 10, "unique1": 10, "unique2": 10, "synergy": 2}
+    modalities = ("image1", "image2")
+
+    def __init__(self, processed_dir: Path, biased: bool = False, batch_size: int = 64, num_workers: int = 0,
+                 image_size: int = 224, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 probe_random_crop: bool = False, drop_last: bool = False, pin_memory: bool = False,
+                 check_integrity: bool = True):
+        super().__init__(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
+        self.processed_dir = Path(processed_dir)
+        self.biased = bool(biased)
+        self.image_size = int(image_size)
+        self.check_integrity = bool(check_integrity)
+        self.ssl_augment = ImageSSLAugment(self.image_size, scale=tuple(crop_scale))
+        self.probe_transform = ImageProbeTransform(self.image_size, probe_random_crop=probe_random_crop)
+        self._splits: dict[str, dict] | None = None
+
+    def _load(self) -> dict[str, dict]:
+        if self._splits is None:
+            if self.check_integrity:
+                problems = tf.verify(self.processed_dir)
+                if problems:
+                    raise ValueError(f"processed_dir: {self.processed_dir} is not a valid preprocessed Trifeatures"
+                                     f" set (rebuild it): {'; '.join(problems[:3])}")
+            self._splits = {s: tf.load_processed(self.processed_dir, s) for s in tf.SPLITS}
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load()
+
+    def ssl_dataset(self, split: str) -> PairDataset:
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split: must be one of train, val, test; got {split!r}")
+        d = self._load()[split]
+        return PairDataset(d["images"], d["pairs_biased" if self.biased else "pairs_unbiased"])
+
+    def probe_dataset(self, split: str) -> PairDataset:
+        d = self._load()[split]
+        labels = {task: d["probe_labels"][:, k] for k, task in enumerate(tf.PROBE_TASKS)}
+        return PairDataset(d["images"], d["pairs_unbiased"], labels)
+
+    def augment(self, modality: int, x: torch.Tensor) -> torch.Tensor:
+        return self.ssl_augment(x)
+
+    def prepare_input(self, modality: int, x: torch.Tensor) -> torch.Tensor:
+        return self.probe_transform(x)

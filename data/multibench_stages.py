@@ -1,0 +1,324 @@
+"""Registry glue for the MultiBench datasets (mosi, humor, sarcasm, mimic, visionandtouch): where the raw and
+processed files live, and when to (re)fetch, verify or rebuild them.
+
+Raw layout (``ws.raw(<dataset>)``)::
+
+    affect   <name>.pkl (+ fetch's .verified.json stamp)          manifest.json: url, size, sha256
+    mimic    im.pk, placed by the user                           manifest.json: size, sha256, patients
+    v&t      extracted/.../*.h5 (the zip is deleted once unpacked) manifest.json: zip url/size/sha256, h5 sizes
+
+Checksums: the published ones are unknown, so the first verified download of each file is recorded in
+``ws.checksums`` (trust on first use), keyed by the registry URL (MIMIC: ``mimic/im.pk``), and every later
+download or placed file must match that record.
+
+Mirrors (``--base-url``, or ``$INFMASK_BASE_URL`` for downloads started by preprocess/pretrain): the registry URL's
+scheme and host are replaced by ``base_url`` and its path kept, e.g.
+``http://downloads.cs.stanford.edu/juno/triangle_real_data.zip`` -> ``<base_url>/juno/triangle_real_data.zip``;
+Google Drive ids have no meaningful path, so a mirror serves those files as ``<base_url>/<file name>``
+(``<base_url>/mosi_data.pkl``). A mirror must serve the same bytes: they are checked against the record made
+under the registry URL.
+
+A public file may also be placed by hand at ``raw/<dataset>/<name>`` (e.g. when Drive's quota blocks the
+download): ``infmask download`` then verifies and records it instead of fetching.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import urllib.parse
+from pathlib import Path
+
+from . import multibench as mb
+
+log = logging.getLogger("infmask.data")
+
+AFFECT = mb.AFFECT_DATASETS
+_DEEP_VERIFY_MAX_BYTES = 2 << 30  # above this a processed set is checked by sizes only (V&T is ~7 GB)
+
+
+def _usage(msg: str):
+    from pipeline.errors import UsageError
+
+    return UsageError(msg)
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+def raw_dir(ws, entry) -> Path:
+    return ws.raw(entry.name)
+
+
+def processed_dir(ws, cfg) -> Path:
+    d = cfg.data
+    v = f"v{mb.PREPROCESS_VERSION}"
+    if d.dataset == "visionandtouch":
+        return ws.processed(d.dataset, f"{v}_seed{d.data_seed}_val{d.val_fraction}")
+    return ws.processed(d.dataset, v)
+
+
+def mirror_url(url: str, name: str, base_url: str | None) -> str:
+    """The URL to fetch ``url`` from when a mirror ``base_url`` is given (see the module docstring)."""
+    if not base_url:
+        return url
+    base = urllib.parse.urlsplit(base_url)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise _usage(f"--base-url must be an http(s) URL like http://127.0.0.1:8000/mirror, got {base_url!r}")
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if host == "drive.google.com" or host.endswith(".googleusercontent.com"):
+        return f"{base_url.rstrip('/')}/{urllib.parse.quote(name)}"
+    return base_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from pipeline.workspace import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _quarantine(dest: Path) -> Path:
+    q = dest.with_name(dest.name + ".quarantine")
+    if dest.exists():
+        os.replace(dest, q)
+    dest.with_name(dest.name + ".verified.json").unlink(missing_ok=True)
+    return q
+
+
+def _discard(dest: Path) -> None:
+    for p in (dest, dest.with_name(dest.name + ".verified.json")):
+        p.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------------ download
+
+def _fetch_file(ws, f, dest: Path, base_url: str | None) -> tuple[str, bool]:
+    """Bring ``dest`` to the verified file ``f``; returns (sha256, whether anything was downloaded)."""
+    from . import fetch
+
+    store = ws.checksums
+    url = mirror_url(f.url, f.name, base_url)
+    if dest.exists():
+        try:
+            sha = fetch.verify_file(dest, expected_sha256=f.sha256, expected_size=f.size, tofu_store=store, key=f.url)
+            return sha, False
+        except fetch.ChecksumError as e:
+            q = _quarantine(dest)
+            print(f"{dest} does not match its record ({e}); moved it to {q} and downloading again")
+    print(f"downloading {url} -> {dest}" + (f" ({f.approx_size})" if f.approx_size not in ("", "unknown") else ""), flush=True)
+    try:
+        fetch.download(url, dest, expected_sha256=f.sha256, expected_size=f.size,
+                       tofu_store=store if url == f.url else None)
+    except fetch.DownloadError as e:
+        raise _usage(f"download of {f.name} failed: {e}\nRetry later, fetch it from a mirror (`infmask download "
+                     f"<dataset> --base-url URL`), or place the file at {dest} by hand and rerun to verify it.") from None
+    if url != f.url:  # a mirror: hold its bytes to the record kept under the registry URL
+        try:
+            sha = fetch.verify_file(dest, expected_sha256=f.sha256, expected_size=f.size, tofu_store=store, key=f.url)
+        except fetch.ChecksumError as e:
+            q = _quarantine(dest)
+            raise _usage(f"{url} served different bytes than recorded for {f.url}: {e}; moved them to {q}") from None
+    else:
+        sha = fetch.verify_file(dest, tofu_store=store, key=f.url)
+    return sha, True
+
+
+def _download_affect(ws, entry, base_url, force, quiet) -> Path:
+    out = raw_dir(ws, entry)
+    (f,) = entry.files
+    dest = out / f.name
+    if force:
+        _discard(dest)
+    sha, fetched = _fetch_file(ws, f, dest, base_url)
+    manifest = {"dataset": entry.name, "files": {f.name: {"url": f.url, "size": dest.stat().st_size, "sha256": sha}}}
+    if _read_json(out / "manifest.json") != manifest:
+        _write_json(out / "manifest.json", manifest)
+    if fetched:
+        print(f"{entry.name}: downloaded and verified {dest} (sha256 {sha})")
+    elif not quiet:
+        print(f"{entry.name}: {dest} already downloaded and verified (sha256 {sha}): nothing to do")
+    return dest
+
+
+def _vt_raw_ok(out: Path) -> list[str]:
+    man = _read_json(out / "manifest.json")
+    if not man or "h5" not in man:
+        return [f"{out / 'manifest.json'}: missing or unreadable"]
+    problems = []
+    for rel, size in man["h5"].items():
+        p = out / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != size:
+            problems.append(f"{p}: size {p.stat().st_size} != {size}")
+    return problems if man["h5"] else [f"{out / 'manifest.json'}: lists no .h5 files"]
+
+
+def _download_vt(ws, entry, base_url, force, quiet) -> Path:
+    from .safe_io import UnsafeArchiveError, safe_extract
+
+    out = raw_dir(ws, entry)
+    (f,) = entry.files
+    extracted = out / "extracted"
+    if force:
+        shutil.rmtree(extracted, ignore_errors=True)
+        (out / "manifest.json").unlink(missing_ok=True)
+        _discard(out / f.name)
+    problems = _vt_raw_ok(out) if (out / "manifest.json").exists() else ["not downloaded"]
+    if not problems:
+        if not quiet:
+            print(f"{entry.name}: {extracted} already extracted and verified: nothing to do")
+        return extracted
+    if (out / "manifest.json").exists():
+        print(f"{entry.name}: extracted files are damaged ({'; '.join(problems[:3])}); fetching again")
+        (out / "manifest.json").unlink()
+    zip_path = out / f.name
+    sha, _ = _fetch_file(ws, f, zip_path, base_url)
+    print(f"{entry.name}: extracting {zip_path}", flush=True)
+    try:
+        safe_extract(zip_path, extracted, overwrite=True)
+    except (UnsafeArchiveError, ValueError) as e:
+        raise _usage(f"{zip_path}: {e}") from None
+    h5 = mb.find_h5(extracted)
+    if not h5:
+        raise _usage(f"{zip_path} holds no .h5 episode files; is it the Vision&Touch archive?")
+    manifest = {"dataset": entry.name, "archive": {"name": f.name, "url": f.url, "size": zip_path.stat().st_size,
+                                                   "sha256": sha},
+                "h5": {str(p.relative_to(out)): p.stat().st_size for p in h5}}
+    _write_json(out / "manifest.json", manifest)
+    _discard(zip_path)  # 11 GB: the extracted files and the recorded checksum are what we keep
+    print(f"{entry.name}: extracted {len(h5)} episode files into {extracted}")
+    return extracted
+
+
+def _download_mimic(ws, entry, force, quiet) -> Path:
+    from . import fetch
+    from .safe_io import UnsafePickleError, safe_unpickle
+
+    out = raw_dir(ws, entry)
+    (f,) = entry.files
+    dest = out / f.name
+    out.mkdir(parents=True, exist_ok=True)
+    if not dest.is_file():
+        raise _usage(f"{entry.name} is credentialed data and cannot be downloaded anonymously.\n"
+                     + entry.instructions.format(path=dest))
+    man = _read_json(out / "manifest.json") or {}
+    st = dest.stat()
+    if not force and man.get("size") == st.st_size and man.get("mtime_ns") == st.st_mtime_ns and man.get("sha256"):
+        if not quiet:
+            print(f"mimic: {dest} already verified ({man.get('patients')} patients, sha256 {man['sha256']}): "
+                  "nothing to do")
+        return dest
+    try:
+        n = mb.validate_mimic(safe_unpickle(dest), source=str(dest))
+    except (UnsafePickleError, mb.SchemaError) as e:
+        raise _usage(f"{dest} is not MultiBench's MIMIC im.pk: {e}") from None
+    try:
+        sha = fetch.verify_file(dest, tofu_store=ws.checksums, key="mimic/im.pk")
+    except fetch.ChecksumError as e:
+        raise _usage(f"{dest} differs from the im.pk recorded earlier: {e}. If you replaced it on purpose, delete "
+                     f"the 'mimic/im.pk' entry from {ws.checksums}.") from None
+    _write_json(out / "manifest.json", {"dataset": "mimic", "file": f.name, "size": st.st_size,
+                                        "mtime_ns": st.st_mtime_ns, "sha256": sha, "patients": n})
+    print(f"mimic: verified {dest}: {n} patients, schema ok, sha256 {sha} recorded in {ws.checksums}")
+    return dest
+
+
+def download(ws, entry, *, data_seed: int = 42, force: bool = False, base_url: str | None = None,
+             quiet: bool = False, **_) -> Path:
+    """Fetch (or, for MIMIC, verify the placed file) into raw/<dataset>/; idempotent."""
+    if entry.name in AFFECT:
+        return _download_affect(ws, entry, base_url, force, quiet)
+    if entry.name == "visionandtouch":
+        return _download_vt(ws, entry, base_url, force, quiet)
+    if entry.name == "mimic":
+        return _download_mimic(ws, entry, force, quiet)
+    raise ValueError(f"entry: {entry.name!r} is not a MultiBench dataset")
+
+
+# ------------------------------------------------------------------------------------------------ preprocess
+
+def _ready(path: Path, what: str, expect: dict) -> bool:
+    """True when ``path`` holds a complete, verified build from the current raw data; a damaged one is removed."""
+    if not path.exists():
+        return False
+    try:
+        sizes = sum(m["size"] for m in mb.read_manifest(path)["files"].values())
+    except (OSError, ValueError, KeyError, TypeError):
+        sizes = 0
+    problems = mb.verify(path, expect=expect, deep=sizes <= _DEEP_VERIFY_MAX_BYTES)
+    if not problems:
+        return True
+    log.warning("%s at %s is damaged or stale (%s); rebuilding it", what, path, "; ".join(problems[:3]))
+    print(f"{what} at {path} is damaged or stale ({problems[0]}); rebuilding it")
+    shutil.rmtree(path)
+    return False
+
+
+def _raw_id(ws, entry) -> str:
+    """The sha256 of the raw data a processed build comes from (the pickle, or the V&T archive)."""
+    man = _read_json(raw_dir(ws, entry) / "manifest.json") or {}
+    if entry.name == "visionandtouch":
+        return (man.get("archive") or {}).get("sha256", "")
+    if entry.name == "mimic":
+        return man.get("sha256", "")
+    return next(iter((man.get("files") or {}).values()), {}).get("sha256", "")
+
+
+def preprocess(ws, entry, cfg, *, force: bool = False, **_) -> Path:
+    from .safe_io import UnsafePickleError
+
+    # Fetch what is missing (public data) or re-verify the placed file (MIMIC); quiet when there is nothing to do.
+    src = download(ws, entry, quiet=True, base_url=os.environ.get("INFMASK_BASE_URL") or None)
+    out = processed_dir(ws, cfg)
+    expect = {"raw_id": _raw_id(ws, entry), "preprocess_version": mb.PREPROCESS_VERSION}
+    if force and out.exists():
+        shutil.rmtree(out)
+    what = f"preprocessed {entry.name}"
+    if _ready(out, what, expect):
+        print(f"{entry.name} preprocessed at {out} already and verified: nothing to do")
+        return out
+    t0 = time.perf_counter()
+    extra = {"raw_id": expect["raw_id"]}  # ties the build to the raw data it came from: new raw data, new build
+    try:
+        if entry.name in AFFECT:
+            info = mb.preprocess_affect(src, out, entry.name, extra_params=extra)
+        elif entry.name == "mimic":
+            info = mb.preprocess_mimic(src, out, extra_params=extra)
+        elif entry.name == "visionandtouch":
+            info = mb.preprocess_vt(src, out, val_fraction=cfg.data.val_fraction, data_seed=cfg.data.data_seed,
+                                    extra_params=extra)
+        else:
+            raise ValueError(f"entry: {entry.name!r} is not a MultiBench dataset")
+    except (mb.SchemaError, UnsafePickleError) as e:
+        raise _usage(f"cannot preprocess {entry.name}: {e}") from None
+    counts = {s: c.get("kept", c.get("patients", c.get("items"))) for s, c in info["params"]["counts"].items()}
+    print(f"preprocessed {entry.name} into {out} in {time.perf_counter() - t0:.1f} s: {counts}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ data modules
+
+def datamodule(ws, cfg):
+    from . import multibench_datamodules as mdm
+
+    d = cfg.data
+    kw = dict(batch_size=d.batch_size, num_workers=d.num_workers, max_items=d.max_items, data_seed=d.data_seed,
+              image_size=d.image_size, protocol=cfg.probe.protocol)
+    path = processed_dir(ws, cfg)
+    if d.dataset in AFFECT:
+        return mdm.AffectDataModule(path, keys=d.keys, augmentations=d.augmentations, **kw)
+    if d.dataset == "mimic":
+        return mdm.MimicDataModule(path, keys=d.keys, augmentations=d.augmentations, task=d.task, **kw)
+    if d.dataset == "visionandtouch":
+        return mdm.VisionTouchDataModule(path, keys=d.keys, augmentations=d.augmentations, task=d.task, **kw)
+    raise ValueError(f"cfg.data.dataset: {d.dataset!r} is not a MultiBench dataset")

@@ -1,0 +1,115 @@
+"""One registry entry per dataset of the paper: what it is, where it comes from, and how it is prepared.
+
+Kinds:
+  generated     produced here, deterministically from a seed (Trifeatures)
+  public        downloaded anonymously from the URLs below
+  credentialed  needs an access agreement; the user places the file, we verify it (MIMIC-III)
+
+Published checksums are unknown for the public files (SPEC §3.2), so `sha256` is None and the first verified
+download is recorded in the workspace (trust on first use) and checked afterwards.
+The `download` / `preprocess` fields name the functions (module:function) that implement each stage; they are
+imported only when used so that `infmask download --list` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+KINDS = ("generated", "public", "credentialed")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str                      # file name inside raw/<dataset>/
+    url: str | None                # None for credentialed files placed by the user
+    sha256: str | None = None      # None: trust on first use
+    size: int | None = None        # bytes, where known
+    approx_size: str = ""          # human description where the exact size is unknown
+    extract: bool = False          # archive to unpack into raw/<dataset>/
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    kind: str
+    description: str
+    benchmarks: tuple[str, ...]
+    download: str                  # "module:function"(ws, entry, **kw) producing raw/<name>/
+    preprocess: str                # "module:function"(ws, entry, cfg, **kw) producing processed/<name>/<variant>/
+    files: tuple[RemoteFile, ...] = field(default_factory=tuple)
+    instructions: str = ""         # shown for credentialed data
+
+    def stage(self, which: str):
+        module, func = getattr(self, which).split(":")
+        return getattr(importlib.import_module(module), func)
+
+
+def _drive(file_id: str) -> str:
+    return f"https://drive.google.com/uc?export=download&id={file_id}"
+
+
+DATASETS: dict[str, DatasetEntry] = {
+    "trifeatures": DatasetEntry(
+        name="trifeatures", kind="generated",
+        description="Synthetic shapes x textures x colours (Hermann & Lampinen 2020); 2400 train + 200 test images",
+        benchmarks=("trifeatures",),
+        download="data.trifeatures_stages:download", preprocess="data.trifeatures_stages:preprocess"),
+    "mosi": DatasetEntry(
+        name="mosi", kind="public",
+        description="CMU-MOSI sentiment, MultiBench processed pickle (vision 20, audio 5, text 300; 50 steps)",
+        benchmarks=("mosi",),
+        files=(RemoteFile("mosi_data.pkl", _drive("1_XdzdW8UNG1TTS6QcX10uhoS6N11OBit"), approx_size="unknown"),),
+        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+    "humor": DatasetEntry(
+        name="humor", kind="public",
+        description="UR-FUNNY humour detection, MultiBench processed pickle (vision 371, audio 81, text 300)",
+        benchmarks=("humor", "humor_3mod"),
+        files=(RemoteFile("humor.pkl", _drive("1L5slPmYyhEVtwGyM1kgcFMjeBpXLZGT0"), approx_size="unknown"),),
+        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+    "sarcasm": DatasetEntry(
+        name="sarcasm", kind="public",
+        description="MUStARD sarcasm detection, MultiBench processed pickle (vision 371, audio 81, text 300)",
+        benchmarks=("sarcasm",),
+        files=(RemoteFile("sarcasm.pkl", _drive("1EMBUmUL5B0PTncGx3L-sBElGOmjFBR_h"), approx_size="unknown"),),
+        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+    "mimic": DatasetEntry(
+        name="mimic", kind="credentialed",
+        description="MIMIC-III ICU records, MultiBench preprocessed im.pk (static 5 + 24x12 time series)",
+        benchmarks=("mimic",),
+        files=(RemoteFile("im.pk", None, approx_size="unknown"),),
+        instructions=(
+            "MIMIC-III requires credentialed access. 1) Complete PhysioNet credentialing and sign the MIMIC-III data "
+            "use agreement at https://physionet.org/content/mimiciii/ (see https://mimic.mit.edu). 2) Ask the "
+            "MultiBench maintainers for the preprocessed file im.pk (route described in MultiBench's README, "
+            "github.com/pliang279/MultiBench). 3) Place it at {path} and rerun `infmask download mimic` to verify it."),
+        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+    "visionandtouch": DatasetEntry(
+        name="visionandtouch", kind="public",
+        description="Vision&Touch robot manipulation (Lee et al. 2019): ~3000 HDF5 episodes (image, force, proprio, contact)",
+        benchmarks=("visionandtouch", "visionandtouch_bin", "visionandtouch_bin_3mod"),
+        files=(RemoteFile("triangle_real_data.zip", "http://downloads.cs.stanford.edu/juno/triangle_real_data.zip",
+                          approx_size="about 11 GB", extract=True),),
+        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+    "mmimdb": DatasetEntry(
+        name="mmimdb", kind="public",
+        description="MM-IMDb posters + plots, 23 genres multilabel (Arevalo et al. 2017); 15552/2608/7799 split",
+        benchmarks=("mmimdb",),
+        files=(RemoteFile("mmimdb.tar.gz", "https://archive.org/download/mmimdb/mmimdb.tar.gz",
+                          approx_size="about 8 GB", extract=True),),
+        download="data.mmimdb_stages:download", preprocess="data.mmimdb_stages:preprocess"),
+}
+
+
+class UnknownDatasetError(ValueError):
+    pass
+
+
+def dataset_for(name: str) -> DatasetEntry:
+    """Accept a dataset name or a benchmark name; raise UnknownDatasetError listing the valid names."""
+    if name in DATASETS:
+        return DATASETS[name]
+    for entry in DATASETS.values():
+        if name in entry.benchmarks:
+            return entry
+    valid = sorted(set(DATASETS) | {b for e in DATASETS.values() for b in e.benchmarks})
+    raise UnknownDatasetError(f"unknown dataset '{name}'; valid datasets and benchmarks: {', '.join(valid)}")

@@ -1,0 +1,72 @@
+"""Registry glue for Trifeatures: where the generated and preprocessed files live, and when to (re)build them."""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from . import trifeatures
+
+log = logging.getLogger("infmask.data")
+
+
+def raw_dir(ws, data_seed: int) -> Path:
+    return ws.raw("trifeatures") / f"seed_{data_seed}"
+
+
+def processed_dir(ws, cfg) -> Path:
+    d = cfg.data
+    return ws.processed("trifeatures", f"seed{d.data_seed}_px{d.image_size}_val{d.val_fraction}_max{d.max_size}")
+
+
+def _ready(path: Path, what: str) -> bool:
+    """True when `path` holds a complete, checksum-verified build; a damaged one is removed (rebuilt, never used)."""
+    if not path.exists():
+        return False
+    problems = trifeatures.verify(path)
+    if not problems:
+        return True
+    log.warning("%s at %s is damaged (%s); rebuilding it", what, path, "; ".join(problems[:3]))
+    shutil.rmtree(path)
+    return False
+
+
+def download(ws, entry, *, data_seed: int = 42, force: bool = False, **_) -> Path:
+    out = raw_dir(ws, data_seed)
+    if force and out.exists():
+        shutil.rmtree(out)
+    if _ready(out, "generated Trifeatures set"):
+        print(f"trifeatures (seed {data_seed}) already generated and verified at {out}: nothing to do")
+        return out
+    info = trifeatures.generate(out, seed=data_seed, size=224)
+    print(f"generated trifeatures (seed {data_seed}) at {out} in {info.get('seconds', float('nan')):.1f} s")
+    return out
+
+
+def preprocess(ws, entry, cfg, *, force: bool = False, **_) -> Path:
+    from pipeline.errors import UsageError
+
+    src = raw_dir(ws, cfg.data.data_seed)
+    if not _ready(src, "generated Trifeatures set"):
+        raise UsageError(f"no generated Trifeatures set at {src}; run `infmask download trifeatures"
+                         f"{'' if cfg.data.data_seed == 42 else f' --data-seed {cfg.data.data_seed}'}` first")
+    out = processed_dir(ws, cfg)
+    if force and out.exists():
+        shutil.rmtree(out)
+    if _ready(out, "preprocessed Trifeatures set"):
+        print(f"trifeatures preprocessed at {out} already and verified: nothing to do")
+        return out
+    info = trifeatures.preprocess(src, out, image_size=cfg.data.image_size, val_fraction=cfg.data.val_fraction,
+                                  max_size=cfg.data.max_size, data_seed=cfg.data.data_seed)
+    print(f"preprocessed trifeatures into {out} in {info.get('seconds', float('nan')):.1f} s")
+    return out
+
+
+def datamodule(ws, cfg):
+    from .base import TrifeaturesDataModule
+
+    dm = TrifeaturesDataModule(processed_dir(ws, cfg), biased=cfg.data.biased, batch_size=cfg.data.batch_size,
+                                 num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
+                                 probe_random_crop=cfg.data.probe_random_crop)
+    dm.reference_val_split = "test"  # the reference's val loader is the test split (labelled 'reference' protocol)
+    return dm

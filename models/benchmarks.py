@@ -1,0 +1,251 @@
+"""Measurements of the InfMasking loss: closed form (models.losses) against the explicit-covariance formulation
+(models.reference_impl), for `infmask bench` and the README.
+
+Peak memory is measured in a fresh Python process per formulation, so one measurement cannot reuse the other's
+freed memory: on CPU as the growth of the process's peak resident set (getrusage ru_maxrss) over one forward and
+backward pass, the inputs already allocated; on CUDA as torch.cuda.max_memory_allocated over the same pass.
+Timings are medians of forward + backward in the calling process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FORMULATIONS = ("closed_form", "explicit_covariance")
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+
+
+def _inputs(B: int, P: int, T: int, n: int, device: str, dtype=torch.float32, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+
+    def leaf(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).to(device).requires_grad_(True)
+
+    z1 = [leaf(B, P) for _ in range(n + 1)]
+    z2 = [leaf(B, P) for _ in range(n + 1)]
+    return z1, z2, leaf(T, B, P), leaf(T, B, P)
+
+
+def _loss(kind: str, z1, z2, k1, k2, temperature: float = 0.1, ratio: float = 0.5) -> torch.Tensor:
+    if kind == "closed_form":
+        from .losses import infmasking_loss
+        return infmasking_loss(z1, z2, k1, k2, temperature, ratio)["loss"]
+    if kind == "explicit_covariance":
+        from .reference_impl import reference_infmasking_loss
+        return reference_infmasking_loss(z1, z2, list(k1), list(k2), temperature, ratio)["loss"]
+    raise ValueError(f"kind must be one of {FORMULATIONS}, got {kind!r}")
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure_peak_here(kind: str, B: int, P: int, T: int, n: int = 2, device: str = "cpu") -> dict:
+    """Peak extra memory of one forward + backward in this process (use a fresh process: see module docstring)."""
+    import gc
+    import resource
+    inputs = _inputs(B, P, T, n, device)
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux: KiB
+    t0 = time.perf_counter()
+    _loss(kind, *inputs).backward()
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() - base
+        how = "torch.cuda.max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        how = "ru_maxrss growth"
+    return {"kind": kind, "B": B, "P": P, "T": T, "n": n, "device": device, "peak_bytes": int(peak),
+            "peak_mib": round(peak / 2 ** 20, 1), "method": how, "first_call_s": round(seconds, 4)}
+
+
+def loss_memory_report(B: int = 1024, P: int = 256, T: int = 8, n: int = 2, device: str = "cpu") -> dict:
+    """Peak memory of the loss's forward + backward, closed form vs explicit covariance, one fresh process each."""
+    out = {}
+    for kind in FORMULATIONS:
+        code = ("import json, sys; from models.benchmarks import measure_peak_here; "
+                f"print(json.dumps(measure_peak_here({kind!r}, {B}, {P}, {T}, {n}, {device!r})))")
+        env = {**os.environ, "PYTHONPATH": _PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"memory measurement of {kind} failed:\n{res.stderr[-2000:]}")
+        out[kind] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["ratio_explicit_over_closed"] = round(out["explicit_covariance"]["peak_bytes"] /
+                                              max(1, out["closed_form"]["peak_bytes"]), 2)
+    return out
+
+
+def loss_timing_report(batch_sizes=(64, 1024), P: int = 256, T: int = 8, n: int = 2, device: str = "cpu",
+                       repeats: int = 5) -> dict:
+    """Median seconds of forward + backward for both formulations at each batch size (after one warm-up)."""
+    rows = []
+    for B in batch_sizes:
+        inputs = _inputs(B, P, T, n, device)
+        row = {"B": B, "P": P, "T": T, "n": n, "device": device}
+        for kind in FORMULATIONS:
+            times = []
+            for i in range(repeats + 1):
+                for t in inputs[0] + inputs[1] + list(inputs[2:]):
+                    t.grad = None
+                _sync(device)
+                t0 = time.perf_counter()
+                _loss(kind, *inputs).backward()
+                _sync(device)
+                if i:
+                    times.append(time.perf_counter() - t0)
+            row[f"{kind}_s"] = round(statistics.median(times), 5)
+        row["speedup"] = round(row["explicit_covariance_s"] / row["closed_form_s"], 2)
+        rows.append(row)
+    return {"rows": rows, "threads": torch.get_num_threads()}
+
+
+def random_inputs(model_cfg: dict, batch_size: int, image_size: int = 224, seq_len: int = 50,
+                  device: str = "cpu", generator: torch.Generator = None) -> list:
+    """Random inputs of the right shapes for the encoders of `model_cfg["modalities"]` (timing only)."""
+    xs = []
+    for i, m in enumerate(model_cfg["modalities"]):
+        kw = m.get("encoder_kwargs") or {}
+        enc = m["encoder"]
+        shape = {"alexnet": (3, image_size, image_size), "resnet18": (3, 128, 128),
+                 "affect_transformer": (seq_len, kw.get("n_features", 0)), "mlp": (kw.get("in_dim", 0),),
+                 "gru": (24, kw.get("in_dim", 0)), "force": (32, 6), "proprio": (8,)}.get(enc)
+        if shape is None:
+            raise ValueError(f"modalities[{i}]: no random input for encoder {enc!r}")
+        xs.append(torch.randn(batch_size, *shape, generator=generator).to(device))
+    return xs
+
+
+def random_ssl_batch(model_cfg: dict, batch_size: int, **kwargs) -> dict:
+    x = random_inputs(model_cfg, batch_size, **kwargs)
+    noisy = [[t + 0.1 * torch.randn_like(t) for t in x] for _ in range(2)]
+    return {"views": noisy, "x": x}
+
+
+def step_timing(cfg: dict, batch_size: int = 64, steps: int = 3, image_size: int = 224, device: str = "cpu",
+                reference: bool = True, bf16: bool = False) -> dict:
+    """Median seconds of one training step's forward + backward (no optimiser step) of the method in `cfg`, and,
+    for InfMasking, of the straightforward formulation (models.reference_impl) on the same weights and batch.
+    `bf16` runs the forward under bfloat16 autocast."""
+    from contextlib import nullcontext
+    from .methods import build_method
+    from .reference_impl import reference_infmasking_step
+    method = build_method(cfg).to(device).train()
+    batch = random_ssl_batch(method.hparams_model, batch_size, image_size=image_size, device=device)
+    dev_type = torch.device(device).type
+
+    def ctx():
+        return torch.autocast(device_type=dev_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def fast():
+        with ctx():
+            return method.compute_loss(batch)["loss"]
+
+    def slow():
+        with ctx():
+            return reference_infmasking_step(method, batch)["loss"]
+
+    runs = {"fast": fast}
+    if reference and cfg.get("method") == "infmasking":
+        runs["reference"] = slow
+    out = {"method": cfg.get("method"), "batch_size": batch_size, "device": device, "bf16": bf16,
+           "threads": torch.get_num_threads()}
+    for name, fn in runs.items():
+        times, cpu = [], []
+        for i in range(steps + 1):
+            method.zero_grad(set_to_none=True)
+            _sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn().backward()
+            _sync(device)
+            if i:
+                times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        out[f"{name}_s"] = round(statistics.median(times), 4)
+        out[f"{name}_cpu_s"] = round(statistics.median(cpu), 4)   # process CPU time: robust to a busy host
+    if "reference_s" in out:
+        out["speedup"] = round(out["reference_s"] / out["fast_s"], 2)
+        out["speedup_cpu_time"] = round(out["reference_cpu_s"] / out["fast_cpu_s"], 2)
+    return out
+
+
+def step_breakdown(method, batch: dict, device: str = "cpu") -> dict:
+    """Seconds per stage of one InfMasking/CoMM training step's forward + backward, stage by stage:
+    encoders (+ adapters), fusion of the unmasked subsets, fusion of the masked views, projection head, loss,
+    backward. The real step runs both fusions as one pass; here they run apart so each can be timed, and the
+    total is close to, not equal to, the real step's."""
+    from .fusion import keep_count, random_keep_mask
+    from .losses import comm_loss, infmasking_loss
+    enc = method.encoder
+    masked = method.cfg.get("method") == "infmasking"
+    t = {}
+
+    def tick(name, t0):
+        _sync(device)
+        t[name] = round(time.perf_counter() - t0, 5)
+        return time.perf_counter()
+
+    method.zero_grad(set_to_none=True)
+    _sync(device)
+    t0 = time.perf_counter()
+    tokens, padding, lengths, sizes = enc.tokenize(batch["views"])
+    padding = padding if enc.mask_padding else None
+    t0 = tick("encoders", t0)
+    offsets = [0]
+    for length in lengths:
+        offsets.append(offsets[-1] + length)
+    subs = [None if len(s) == enc.n_modalities else [p for m in s for p in range(offsets[m], offsets[m + 1])]
+            for s in enc.subsets()]
+    z, _ = enc.fusion.fuse(tokens, padding, subs, [], fast=enc.fast_fusion)
+    t0 = tick("fusion_unmasked", t0)
+    zm = []
+    if masked:
+        ids = range(len(subs)) if enc.mask_all_subsets else [len(subs) - 1]
+        jobs = []
+        for i in ids:
+            sub_len = [lengths[m] for m in enc.subsets()[i]]
+            keep = random_keep_mask(enc.num_mask, tokens.shape[0], sub_len, enc.mask_ratio, enc.keep_rounding,
+                                    device=tokens.device)
+            jobs.append((subs[i], keep, sum(keep_count(n, enc.mask_ratio, enc.keep_rounding) for n in sub_len)))
+        _, zm = enc.fusion.fuse(tokens, padding, [], jobs, fast=enc.fast_fusion)
+    t0 = tick("fusion_masked", t0)
+    B = sizes[0]
+    blocks = [x[:B] for x in z] + [x[B:] for x in z] + [v for x in zm for v in x[:, :B].unbind(0)] + \
+        [v for x in zm for v in x[:, B:].unbind(0)]
+    h = method.head(torch.cat(blocks), groups=len(blocks)).split(B)
+    t0 = tick("head", t0)
+    n_sub = len(z)
+    mc = method.hparams_model
+    if masked:
+        T = enc.num_mask
+        k1 = torch.stack(h[2 * n_sub: 2 * n_sub + T]) if zm else None
+        k2 = torch.stack(h[-T:])
+        loss = infmasking_loss(list(h[:n_sub]), list(h[n_sub:2 * n_sub]), k1, k2, float(mc["temperature"]),
+                               method.mask_ratio_r(), weights=mc["weights"])["loss"]
+    else:
+        loss = comm_loss(list(h[:n_sub]), list(h[n_sub:2 * n_sub]), float(mc["temperature"]),
+                         weights=mc["weights"])["loss"]
+    t0 = tick("loss", t0)
+    loss.backward()
+    tick("backward", t0)
+    t["total"] = round(sum(t.values()), 5)
+    return t
+
+
+if __name__ == "__main__":
+    dev = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+    print(json.dumps({"memory": loss_memory_report(device=dev), "timing": loss_timing_report(device=dev)}, indent=1))

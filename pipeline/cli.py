@@ -1,0 +1,162 @@
+"""`infmask` (also `python -m pipeline`): parse, resolve the config, call one stage function.
+
+Exit codes: 0 success; 1 a run failed (e.g. non-finite loss, crashed trial); 2 bad input (unknown benchmark,
+key, value, missing or corrupt file: the message names the problem and the valid choices); 3 nothing to report
+(empty results store); 128+N killed by signal N after saving state (SIGTERM: 143).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import EXIT_USAGE, InfmaskError, UsageError
+
+STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
+          "agent-script", "notebooks")
+
+EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
+`run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config); `sweep` runs a
+sweep file here with W&B's own sweep engine; `bench` times the training step.
+Config overrides: key=value or --key=value (e.g. model.mask_ratio=0.5 --model.temperature=0.2).
+Workspace: --root, or $INFMASK_ROOT, default ./workspace. W&B: offline unless WANDB_MODE says otherwise."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2, like every other bad input
+        self.exit(EXIT_USAGE, f"infmask: error: {message}\n")
+
+
+def _add_root(p):
+    p.add_argument("--root", default=None, help="workspace root (default: $INFMASK_ROOT or ./workspace)")
+
+
+def _add_run_args(p, benchmark=True):
+    if benchmark:
+        p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
+    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
+    p.add_argument("--force", action="store_true", help="redo even if already done")
+    _add_overrides(p)
+
+
+OVERRIDE_STAGES = ("preprocess", "pretrain", "run", "bench")
+
+
+def _add_overrides(p, what="config overrides"):
+    # Collected from the unknown arguments (see main), so they may come before or after options, in both forms
+    # W&B agents pass: key=value (${args_no_hyphens}) and --key=value (${args}).
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"{what}, e.g. model.mask_ratio=0.5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infmask", description="InfMasking reproduction pipeline.", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("download", help="fetch or generate a dataset into the workspace")
+    p.add_argument("dataset", nargs="?", help="dataset or benchmark name")
+    p.add_argument("--list", action="store_true", help="show every dataset: generated, downloadable or credentialed")
+    p.add_argument("--data-seed", type=int, default=42, help="generation seed for generated datasets")
+    p.add_argument("--base-url", default=None, help="mirror to download from instead of the registry URLs")
+    p.add_argument("--force", action="store_true")
+    _add_root(p)
+
+    p = sub.add_parser("preprocess", help="build the canonical arrays a benchmark trains on")
+    p.add_argument("benchmark")
+    p.add_argument("--preset", default="paper", help="preset whose data settings to use (default: paper)")
+    p.add_argument("--force", action="store_true")
+    _add_overrides(p, "data.* overrides")
+    _add_root(p)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining of one config and seed (resumable)")
+    _add_run_args(p)
+    _add_root(p)
+
+    p = sub.add_parser("probe", help="linear probes on a pretrained run (its checkpoint carries its config)")
+    p.add_argument("run", help="run id, run directory, or checkpoint path")
+    p.add_argument("--checkpoint", choices=("best", "last"), default=None, help="default: the run's probe.checkpoint")
+    p.add_argument("--force", action="store_true")
+    _add_root(p)
+
+    p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)")
+    p.add_argument("--table", default=None, help="trifeatures | multibench | multibench3 | mmimdb | all")
+    p.add_argument("--sweep", default=None, help="report one sweep: best config, test mean ± std, heat map")
+    p.add_argument("--benchmark", default=None, help="with --sweep: all sweeps of this benchmark")
+    p.add_argument("--no-wandb", action="store_true", help="do not log the table to W&B")
+    _add_root(p)
+
+    p = sub.add_parser("run", help="every stage in order for a benchmark, skipping what is done")
+    p.add_argument("benchmark")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all of the benchmark's methods)")
+    p.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default 42,43,44)")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--force", action="store_true")
+    _add_overrides(p)
+    _add_root(p)
+
+    p = sub.add_parser("trial", help="pretrain + probe one config: the program a W&B sweep agent runs")
+    p.add_argument("argv", nargs=argparse.REMAINDER,
+                   help="--benchmark=B --method=M --preset=P --seed=S and any config keys, as a W&B agent passes them")
+
+    p = sub.add_parser("sweep", help="run a W&B sweep file here with the embedded runner")
+    p.add_argument("file")
+    p.add_argument("--count", type=int, default=None, help="at most this many new trials")
+    p.add_argument("--workers", type=int, default=1, help="trials at once (one GPU each where several exist)")
+    p.add_argument("--sweep-id", default=None, help="resume this sweep (default: derived from the file)")
+    _add_root(p)
+
+    p = sub.add_parser("bench", help="time the training step against the straightforward formulation")
+    p.add_argument("benchmark")
+    p.add_argument("--method", default="infmasking")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--json", default=None, nargs="?", const="-", help="write JSON (to a file, or - for stdout)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the straightforward formulation")
+    _add_overrides(p)
+
+    p = sub.add_parser("agent-script", help="print a shell script starting one wandb agent per visible GPU")
+    p.add_argument("sweep_path", help="entity/project/sweep_id from `wandb sweep`")
+    p.add_argument("--count", type=int, default=None)
+
+    p = sub.add_parser("notebooks", help="execute the result notebooks on a workspace and render HTML")
+    _add_root(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.stage == "trial":  # an agent's argv, all of it: --benchmark=... --model.x=...
+            args.argv, extra = list(args.argv or []) + extra, []
+        if extra:
+            bad = [a for a in extra if "=" not in a or not a.lstrip("-").split("=")[0]]
+            if args.stage not in OVERRIDE_STAGES or bad:
+                parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+            args.overrides = list(args.overrides or []) + extra
+    except SystemExit as e:  # argparse's own errors and --help
+        return int(e.code or 0)
+    if getattr(args, "root", None):
+        os.environ["INFMASK_ROOT"] = args.root
+    os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; syncable later with `wandb sync`
+    from .config import ConfigError
+    from data.registry import UnknownDatasetError
+    try:
+        from .stages import run_stage
+
+        return run_stage(args.stage, args)
+    except (UsageError, ConfigError, UnknownDatasetError) as e:
+        print(f"infmask {args.stage}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except InfmaskError as e:
+        print(f"infmask {args.stage}: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

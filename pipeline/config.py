@@ -1,0 +1,400 @@
+"""Typed run configuration: one YAML per benchmark with presets, overrides from argv, validation.
+
+A benchmark file (`pipeline/configs/<benchmark>.yaml`) holds
+
+    benchmark: trifeatures           # the config name
+    dataset: trifeatures             # the registry entry it reads
+    methods: [infmasking, comm, ...] # methods this benchmark supports
+    base: {data: ..., model: ..., optim: ..., trainer: ..., probe: ...}   # the paper's values
+    method_overrides: {comm: {...}}  # per-method deltas on top of base
+    presets: {paper: {}, cpu: {...}, smoke: {...}}
+
+The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + command-line overrides, in that
+order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an
+unknown key is an error (exit code 2 from the CLI), never silently ignored.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+PRESETS = ("paper", "cpu", "smoke")
+# Kept in step with models.methods.METHODS by a test; spelled out here so `infmask --help` does not import torch.
+METHOD_NAMES = ("infmasking", "comm", "cross", "cross_self", "cmc")
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names the key and the valid choices."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "trifeatures"
+    biased: bool = False                 # Trifeatures: train on correlated (texture, colour) pairs (synergy runs)
+    image_size: int = 224
+    max_size: int = 10000                # Trifeatures: pairs drawn per split
+    data_seed: int = 42                  # dataset construction seed, independent of the run seed
+    val_fraction: float = 0.1            # share of train combinations/items held out as validation
+    batch_size: int = 64
+    num_workers: int = 0
+    augmentations: Any = None            # MultiBench: "drop+noise" or a list, one pipeline per modality
+    keys: list = field(default_factory=list)   # MultiBench: modality keys in order (e.g. [vision, text])
+    task: Any = None                     # MultiBench/MIMIC task selector; V&T: ee_yaw_next or contact_next
+    probe_random_crop: bool = False      # reference: random resized crop at probe time (stochastic features)
+    max_items: Any = None                # cap on items per split (smoke/cpu presets), None = all
+    text_mask_prob: float = 0.15         # MM-IMDb: frozen text encoder token masking in training
+    feature_cache: bool = False          # MM-IMDb: train the fusion on precomputed frozen-tower features
+    cache_copies: int = 2                # MM-IMDb cached mode: augmented copies precomputed per item
+    weights_dir: Any = None              # MM-IMDb: local directory of the CLIP towers
+    image_norm: str = "imagenet"          # MM-IMDb: imagenet (reference [ODDITY]) | clip statistics
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 512
+    n_layers: int = 1
+    n_heads: int = 8
+    mask_ratio: float = 0.7
+    num_mask: int = 6
+    temperature: float = 0.1
+    mask_lambda: float = 1.0
+    weights: Any = None                  # list of loss-term weights, or None for equal weights
+    cross: bool = False
+    penalty: Any = None                  # entropy penalty weight, or None
+    only_mask_last: bool = False
+    keep_rounding: str = "truncate"      # "truncate" = reference int(L*(1-rho)); "round" = exact rounding
+    mask_all_subsets: bool = False       # True = reference: masked views for unimodal subsets too (BN parity)
+    fast_fusion: bool = True             # exact savings: shared mask token, CLS-only last layer
+    mask_padding: bool = True            # honour key-padding masks in training (reference: False, MM-IMDb only)
+    head_hidden: int = 512
+    head_out: int = 256
+    cross_proj_dim: int = 256            # Cross / CMC projection size
+    ssl_scale: float = 1.0               # Cross+Self: weight of the self terms
+    channels_last: bool = True           # CNN encoders in channels_last memory format
+    modalities: list = field(default_factory=list)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    scheduler: str = "none"              # "none" | "warmup_cosine" (per epoch, SPEC §1.8)
+    warmup_epochs: int = 10
+    warmup_start_lr: float = 1e-6
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 100
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"              # "auto" = bf16-mixed on CUDA, 32-true elsewhere
+    limit_train_batches: Any = 1.0
+    limit_val_batches: Any = 1.0
+    log_every_n_steps: int = 10
+    early_stopping_patience: Any = None  # epochs without improvement of the val probe metric, None = off
+    compile: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class ProbeConfig:
+    every_n_epochs: int = 1              # per-epoch probe on the validation split (0 = off)
+    monitor: str = "acc1"                # val probe metric driving checkpoint selection
+    mode: str = "max"
+    checkpoint: str = "best"             # checkpoint probed at the end: "best" (by val metric) or "last"
+    protocol: str = "clean"              # "clean" = select on val; "reference" = the reference's val==test splits
+    costs: list = field(default_factory=lambda: [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6])
+    fastsearch: bool = False             # coarse grid only (no bisection refinement)
+    max_iter: int = 100
+    max_train_samples: Any = None        # cap on train features for the per-epoch probe (speed)
+
+
+@dataclass
+class TrackingConfig:
+    project: str = "infmask"
+    entity: Any = None
+    tags: list = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    benchmark: str
+    method: str
+    preset: str
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = _build(cls, d, "")
+        validate(cfg)
+        return cfg
+
+    @classmethod
+    def load_yaml(cls, path: Path) -> "Config":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+    def config_hash(self) -> str:
+        """Identity of the run's math without its seed: runs differing only in seed share it (seed groups)."""
+        d = self.to_dict()
+        d.pop("seed")
+        for section, keys in NON_IDENTITY_KEYS.items():
+            for k in keys:
+                d[section].pop(k, None)
+        blob = json.dumps(d, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.benchmark}-{self.method}-{self.config_hash()}-s{self.seed}"
+
+    @property
+    def group(self) -> str:
+        return f"{self.benchmark}/{self.method}/{self.config_hash()}"
+
+
+# Keys that change how a run executes but not what it computes; left out of the config hash so that, e.g., a
+# resumed run with more data-loader workers or another W&B project is still the same run.
+NON_IDENTITY_KEYS = {
+    "data": ("num_workers",),
+    "trainer": ("accelerator", "strategy", "log_every_n_steps", "compile"),
+    "tracking": ("project", "entity", "tags"),
+}
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
+            ("data", "model", "optim", "trainer", "probe", "tracking")}
+_SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "trainer": TrainerConfig,
+                    "probe": ProbeConfig, "tracking": TrackingConfig}
+TOP_LEVEL_SCALARS = {"seed": int, "benchmark": str, "method": str, "preset": str}
+
+CHOICES = {
+    "model.keep_rounding": ("truncate", "round"),
+    "optim.scheduler": ("none", "warmup_cosine"),
+    "probe.mode": ("max", "min"),
+    "probe.checkpoint": ("best", "last"),
+    "probe.protocol": ("clean", "reference"),
+    "trainer.precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true"),
+}
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+def _field_types(cls) -> dict:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
+    types = _field_types(cls)
+    unknown = sorted(set(d) - set(types))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; valid keys: {', '.join(sorted(types))}")
+    kwargs = {}
+    for name, tp in types.items():
+        if name not in d:
+            continue
+        value = d[name]
+        if name in _SECTION_CLASSES and cls is Config:
+            kwargs[name] = _build(_SECTION_CLASSES[name], value or {}, f"{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing key '{prefix}{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _coerce(value, tp, key: str):
+    """Check (and where lossless, convert) a value against a declared type. Strings from argv go through
+    `parse_value` first, so here only YAML-typed values arrive."""
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected a boolean (True/False), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return value
+    return value
+
+
+def parse_value(text: str):
+    """Parse one command-line value the way W&B agents send them: `str(value)` of a Python object, so booleans
+    arrive as `True`/`False`, None as `None`, lists as `[1, 2]`. YAML parses all of these."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "None":
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--model.mask_ratio=0.7` (W&B `${args}`) and `model.mask_ratio=0.7` (`${args_no_hyphens}`) alike."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        body = arg[2:] if arg.startswith("--") else arg
+        if "=" not in body:
+            raise ConfigError(f"cannot parse override '{arg}': expected key=value (e.g. model.mask_ratio=0.7)")
+        key, text = body.split("=", 1)
+        out[key.strip()] = parse_value(text)
+    return out
+
+
+def _apply(d: dict, key: str, value):
+    parts = key.split(".")
+    if len(parts) == 1:
+        if parts[0] not in TOP_LEVEL_SCALARS:
+            raise ConfigError(f"unknown key '{key}'; valid top-level keys: {', '.join(TOP_LEVEL_SCALARS)}, "
+                              f"or a section key like model.mask_ratio (sections: {', '.join(_SECTION_CLASSES)})")
+        d[key] = value
+        return
+    section, name = parts[0], ".".join(parts[1:])
+    if section not in _SECTION_CLASSES:
+        raise ConfigError(f"unknown section '{section}' in '{key}'; valid sections: {', '.join(_SECTION_CLASSES)}")
+    types = _field_types(_SECTION_CLASSES[section])
+    if name not in types:
+        raise ConfigError(f"unknown key '{key}'; valid keys in {section}: {', '.join(sorted(types))}")
+    tp = types[name]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is float and isinstance(value, float):
+        value = round(value, 12)  # sweep engines send 0.30000000000000004
+    d.setdefault(section, {})[name] = value
+
+
+def deep_merge(base: dict, delta: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (delta or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modalities":
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def benchmarks() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def benchmark_spec(benchmark: str) -> dict:
+    path = CONFIG_DIR / f"{benchmark}.yaml"
+    if not path.exists():
+        raise ConfigError(f"unknown benchmark '{benchmark}'; valid benchmarks: {', '.join(benchmarks())}")
+    return yaml.safe_load(path.read_text())
+
+
+def build_config(benchmark: str, method: str = "infmasking", preset: str = "paper", seed: int | None = None,
+                 overrides: list[str] | dict | None = None) -> Config:
+    spec = benchmark_spec(benchmark)
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+    methods = spec.get("methods", list(METHOD_NAMES))
+    if method not in methods:
+        raise ConfigError(f"unknown method '{method}' for benchmark '{benchmark}'; valid methods: {', '.join(methods)}")
+    d = deep_merge(spec["base"], (spec.get("method_overrides") or {}).get(method, {}))
+    d = deep_merge(d, (spec.get("presets") or {}).get(preset, {}))
+    d.update(benchmark=benchmark, method=method, preset=preset)
+    d.setdefault("seed", 42)
+    ov = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    for key, value in ov.items():
+        if key in ("benchmark", "method", "preset") and value != d[key]:
+            raise ConfigError(f"'{key}' cannot be overridden here (it is {d[key]!r}); pass it as the stage argument")
+        _apply(d, key, value)
+    if seed is not None:
+        d["seed"] = seed
+    return Config.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+def _check(cond: bool, key: str, msg: str):
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def validate(cfg: Config) -> None:
+    if cfg.benchmark not in benchmarks():
+        raise ConfigError(f"unknown benchmark '{cfg.benchmark}'; valid benchmarks: {', '.join(benchmarks())}")
+    _check(cfg.method in METHOD_NAMES, "method", f"unknown method '{cfg.method}'; valid: {', '.join(METHOD_NAMES)}")
+    _check(cfg.preset in PRESETS, "preset", f"unknown preset '{cfg.preset}'; valid: {', '.join(PRESETS)}")
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in choices, key, f"invalid value {value!r}; valid choices: {', '.join(choices)}")
+    m = cfg.model
+    _check(0.0 <= m.mask_ratio < 1.0, "model.mask_ratio", f"must be in [0, 1), got {m.mask_ratio}")
+    _check(m.temperature > 0, "model.temperature", f"must be > 0, got {m.temperature}")
+    _check(m.num_mask >= 1, "model.num_mask", f"must be >= 1, got {m.num_mask}")
+    _check(m.mask_lambda >= 0, "model.mask_lambda", f"must be >= 0, got {m.mask_lambda}")
+    _check(m.embed_dim > 0 and m.embed_dim % m.n_heads == 0, "model.embed_dim",
+           f"must be a positive multiple of model.n_heads={m.n_heads}, got {m.embed_dim}")
+    _check(m.n_layers >= 1, "model.n_layers", f"must be >= 1, got {m.n_layers}")
+    _check(len(m.modalities) >= 2, "model.modalities", f"need at least 2 modalities, got {len(m.modalities)}")
+    if m.weights is not None:
+        _check(isinstance(m.weights, list) and all(isinstance(w, (int, float)) for w in m.weights),
+               "model.weights", f"must be a list of numbers or None, got {m.weights!r}")
+    if m.penalty is not None:
+        _check(isinstance(m.penalty, (int, float)), "model.penalty", f"must be a number or None, got {m.penalty!r}")
+    d = cfg.data
+    _check(d.batch_size >= 2, "data.batch_size", f"must be >= 2 (contrastive losses need negatives), got {d.batch_size}")
+    _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
+    _check(d.image_size >= 32, "data.image_size", f"must be >= 32, got {d.image_size}")
+    _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _check(0.0 <= d.text_mask_prob < 1.0, "data.text_mask_prob", f"must be in [0, 1), got {d.text_mask_prob}")
+    o = cfg.optim
+    _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
+    _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    t = cfg.trainer
+    _check(t.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {t.max_epochs}")
+    p = cfg.probe
+    _check(p.every_n_epochs >= 0, "probe.every_n_epochs", f"must be >= 0, got {p.every_n_epochs}")
+    _check(len(p.costs) >= 1 and all(c > 0 for c in p.costs), "probe.costs", "must be a non-empty list of positive numbers")

@@ -1,0 +1,183 @@
+"""`infmask pretrain`: self-supervised pretraining of one (config, seed), resumable and idempotent.
+
+- `last.ckpt` every epoch (written atomically), `best.ckpt` whenever the per-epoch validation probe improves.
+- Rerunning an interrupted run resumes from `last.ckpt` with the same W&B run id; a finished run is skipped
+  unless --force.
+- A non-finite loss stops the run: the state is saved to `failed.ckpt`, the store says `failed`, exit code 1.
+- SIGTERM / SIGUSR1 (preemption): `last.ckpt` is saved, the store says `preempted`, exit code 128+signal.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import build_config
+from ..errors import Preempted, RunFailed
+from ..store import ResultsStore
+from ..workspace import Workspace, atomic_write_text
+
+log = logging.getLogger("infmask.pretrain")
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    run_dir: Path
+    status: str
+    skipped: bool = False
+    wandb_logger: object = None
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _trainer_settings(cfg) -> dict:
+    import torch
+
+    t = cfg.trainer
+    precision = t.precision
+    if precision == "auto":
+        cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+        precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
+    return dict(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                strategy=t.strategy, precision=precision, limit_train_batches=t.limit_train_batches,
+                limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+                deterministic=t.deterministic, num_sanity_val_steps=0, inference_mode=False,
+                use_distributed_sampler=True, benchmark=False)
+
+
+def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = None,
+             keep_wandb_open: bool = False) -> PretrainResult:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from models.methods import NonFiniteLossError, build_method
+
+    from ..callbacks import AtomicCheckpointIO, PlainProgress, PreemptionCheckpoint, ValProbeCallback
+    from ..tracking import MetricsFileCallback, TelemetryCallback, code_version, make_logger, scrub, wandb_id
+    from .data_stages import datamodule_for, ensure_data
+
+    store = ResultsStore(ws.db_path)
+    run_dir = ws.run_dir(cfg)
+    ckpt_dir = checkpoint_dir(run_dir)
+    last = ckpt_dir / "last.ckpt"
+    previous = store.get_run(cfg.run_id)
+    if previous and previous["status"] == "finished" and last.exists() and not force:
+        print(f"{cfg.run_id}: already pretrained ({last}); skipping (use --force to retrain)")
+        return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
+    salt = ""
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+        salt = f"-{int(time.time())}"
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM metrics WHERE run_id=?", (cfg.run_id,))
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", __import__("yaml").safe_dump(scrub(cfg.to_dict()), sort_keys=False))
+
+    ensure_data(cfg, ws)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = datamodule_for(cfg, ws)
+    model = build_method(cfg.to_dict())
+
+    resume_id = (previous or {}).get("wandb_run_id") if last.exists() and not force else None
+    resume_id = resume_id or wandb_id(cfg, "pretrain", salt)
+    logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
+
+    telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
+    callbacks = [telemetry, MetricsFileCallback(cfg.run_id, run_dir, store, telemetry),
+                 ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False),
+                 PreemptionCheckpoint(last)]
+    monitor = f"probe/val/{cfg.probe.monitor}"
+    if cfg.probe.every_n_epochs > 0:
+        callbacks.append(ValProbeCallback(cfg, store, ckpt_dir / "best.ckpt"))
+        if cfg.trainer.early_stopping_patience:
+            callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.probe.mode, check_on_train_epoch_end=False,
+                                           patience=int(cfg.trainer.early_stopping_patience)))
+    progress_bar = sys.stderr.isatty()
+    if not progress_bar:
+        callbacks.append(PlainProgress())
+
+    trainer = pl.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=progress_bar,
+                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
+                         **_trainer_settings(cfg))
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+
+    store.upsert_run(cfg, status="running", run_dir=str(run_dir), code_version=code_version(),
+                     wandb_run_id=resume_id if logger else None, sweep_id=sweep_id)
+    if logger and trainer.global_rank == 0:
+        from ..tracking import define_summaries
+
+        define_summaries(logger.experiment, tuple(dm.tasks))
+
+    # SIGUSR1 (Slurm's pre-timeout signal) is handled like SIGTERM: stop after this batch, keep the state.
+    received: dict[str, int] = {}
+
+    def on_usr1(signum, frame):
+        received["signum"] = signum
+        trainer.should_stop = True
+
+    old_usr1 = signal.signal(signal.SIGUSR1, on_usr1) if hasattr(signal, "SIGUSR1") else None
+    ckpt_path = str(last) if last.exists() else None
+    if ckpt_path:
+        print(f"{cfg.run_id}: resuming from {last}")
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    except NonFiniteLossError as e:
+        trainer.save_checkpoint(ckpt_dir / "failed.ckpt")
+        store.set_status(cfg.run_id, "failed", str(e))
+        _finish(logger, exit_code=1)
+        raise RunFailed(f"{cfg.run_id}: {e}; state saved to {ckpt_dir / 'failed.ckpt'}") from None
+    except SIGTERMException:  # Lightning stops after the batch; PreemptionCheckpoint saved last.ckpt
+        received["signum"] = signal.SIGTERM
+    finally:
+        if old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, old_usr1)
+    if "signum" in received:
+        if not last.exists() or received["signum"] != signal.SIGTERM:
+            trainer.save_checkpoint(last)
+        store.set_status(cfg.run_id, "preempted", f"signal {received['signum']}")
+        if logger and trainer.global_rank == 0:
+            try:
+                logger.experiment.mark_preempting()
+            except Exception:
+                pass
+        _finish(logger, exit_code=128 + received["signum"])
+        raise Preempted(received["signum"])
+    if trainer.global_rank != 0:  # DDP workers stop here: rank 0 records the run and runs the probe
+        return PretrainResult(cfg.run_id, run_dir, "worker")
+    best = ckpt_dir / "best.ckpt"
+    if not best.exists():
+        shutil.copyfile(last, best)  # no per-epoch probe: the last epoch is the best we know
+    store.set_status(cfg.run_id, "finished")
+    if not keep_wandb_open:
+        _finish(logger)
+    return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)
+
+
+def _finish(logger, exit_code: int = 0):
+    if logger:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
+def pretrain_cli(args) -> int:
+    cfg = build_config(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides)
+    ws = Workspace.open()
+    res = pretrain(cfg, ws, force=args.force)
+    from ..tracking import sync_hint
+
+    print(f"{res.run_id}: {res.status} ({res.run_dir})")
+    if (hint := sync_hint(ws)) and not res.skipped:
+        print(hint)
+    return 0

@@ -1,0 +1,59 @@
+"""`infmask run BENCHMARK`: every stage in order (download, preprocess, pretrain, probe, report), skipping what
+is done. Benchmarks whose table needs several data variants (Trifeatures: unbiased runs for redundancy and
+uniqueness, biased runs for synergy) declare them as `run_variants` in their config file."""
+from __future__ import annotations
+
+import time
+
+from ..config import benchmark_spec, build_config
+from ..errors import UsageError
+from ..workspace import Workspace
+
+
+def _split(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def run_cli(args) -> int:
+    spec = benchmark_spec(args.benchmark)
+    methods = _split(args.methods) or list(spec.get("methods", []))
+    try:
+        seeds = [int(s) for s in _split(args.seeds)]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
+    variants = spec.get("run_variants") or [{}]
+    ws = Workspace.open()
+    # validate everything before any work starts
+    configs = [build_config(args.benchmark, m, args.preset, seed=s, overrides={**v, **_ov(args.overrides)})
+               for v in variants for m in methods for s in seeds]
+    from .data_stages import ensure_data
+    from .pretrain import pretrain
+    from .probe import probe
+
+    t0 = time.time()
+    for cfg in {c.data.__repr__(): c for c in configs}.values():
+        ensure_data(cfg, ws)
+    for i, cfg in enumerate(configs, 1):
+        print(f"[{i}/{len(configs)}] {cfg.run_id} ({'biased' if cfg.data.biased else 'unbiased'}"
+              f" data, preset {cfg.preset})", flush=True)
+        res = pretrain(cfg, ws, force=args.force)
+        if res.status == "worker":
+            return 0
+        probe(res.run_dir / "checkpoints" / f"{cfg.probe.checkpoint}.ckpt", ws, force=args.force or not res.skipped)
+    print(f"all {len(configs)} runs done in {time.time() - t0:.0f} s")
+    table = spec.get("table")
+    if table:
+        from .report import report_table
+
+        report_table(ws, table)
+    from ..tracking import sync_hint
+
+    if hint := sync_hint(ws):
+        print(hint)
+    return 0
+
+
+def _ov(overrides) -> dict:
+    from ..config import parse_overrides
+
+    return parse_overrides(list(overrides or []))

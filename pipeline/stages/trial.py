@@ -1,0 +1,71 @@
+"""`infmask trial --benchmark=B --method=M --preset=P --seed=S --model.mask_ratio=0.5 ...`: the unit a W&B sweep
+agent runs. Pretrain + probe of one config inside ONE W&B run (the agent's run id), the sweep metric logged at
+top level with its summary. Hyper-parameters come from argv, which carries the same values as wandb.config.
+
+Exit codes: 0 finished; 1 failed; 2 bad parameters; 128+N preempted by signal N (SIGTERM: 143), after saving
+last.ckpt and finishing the W&B run. If $INFMASK_TRIAL_RESULT names a file, a JSON summary is written there
+(the embedded sweep runner reads it)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config import benchmark_spec, build_config, parse_overrides
+from ..errors import InfmaskError, Preempted, UsageError
+from ..workspace import Workspace, atomic_write_text
+
+FIXED = ("benchmark", "method", "preset", "seed")
+
+
+def parse_trial_argv(argv: list[str]):
+    ov = parse_overrides([a for a in argv if a != "--"])
+    if "benchmark" not in ov:
+        raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
+    spec = benchmark_spec(str(ov["benchmark"]))
+    method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
+    preset = str(ov.pop("preset", "cpu"))
+    seed = ov.pop("seed", None)
+    benchmark = str(ov.pop("benchmark"))
+    return build_config(benchmark, method, preset, seed=None if seed is None else int(seed), overrides=ov), spec
+
+
+def _write_result(status: str, run_id: str | None, metrics: dict):
+    path = os.environ.get("INFMASK_TRIAL_RESULT")
+    if path:
+        atomic_write_text(Path(path), json.dumps({"run_id": run_id, "status": status, "metrics": metrics}))
+
+
+def trial_cli(args) -> int:
+    import wandb
+
+    from .pretrain import pretrain
+    from .probe import probe
+
+    cfg, spec = parse_trial_argv(args.argv)
+    ws = Workspace.open()
+    sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    try:
+        res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True)
+        if res.status == "worker":
+            return 0
+        metrics = probe(res.run_dir / "checkpoints" / f"{cfg.probe.checkpoint}.ckpt", ws, force=True,
+                        keep_wandb_run=wandb.run)
+    except Preempted as e:
+        _write_result("preempted", cfg.run_id, {})
+        raise e
+    except InfmaskError:
+        _write_result("failed", cfg.run_id, {})
+        raise
+    except BaseException:
+        _write_result("failed", cfg.run_id, {})
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
+        raise
+    name = (spec.get("sweep_metric") or {}).get("name", f"probe/val/{cfg.probe.monitor}")
+    if wandb.run is not None:
+        wandb.run.summary[name] = metrics.get(name)
+        wandb.finish()
+    _write_result("finished", cfg.run_id, metrics)
+    print(f"{cfg.run_id}: {name}={metrics.get(name)}")
+    return 0

@@ -1,0 +1,23 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Tests never talk to the W&B server and never carry a key.
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_X_DISABLE_STATS", "true")
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch):
+    """A fresh workspace root, also exported as INFMASK_ROOT for subprocesses."""
+    r = tmp_path / "ws"
+    monkeypatch.setenv("INFMASK_ROOT", str(r))
+    return r

@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): setup.cfg constraints.txt pyproject.toml | $(PY)
 	$(PIP) install -q torch==2.13.0 -c constraints.txt
-	$(PIP) install -q -c constraints.txt -e ".[dev,notebooks,gpu]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,notebooks,gpu,clip]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,11 +17,13 @@ A movie whose metadata lacks a usable ``plot`` or ``genres``, or whose poster is
 counted, logged as a warning and left out; it never stops preprocessing. Truncated JPEGs are accepted (PIL's
 ``LOAD_TRUNCATED_IMAGES``), as in the reference.
 
-Loading: posters are decoded with PIL in the loader workers and brought to a fixed uint8 canvas, the reference's
-``Resize(S)`` (shorter side to S = data.image_size) followed by a centre crop / zero pad to S wide x round(10 S / 7)
-high, so that a typical 2:3 poster keeps nearly all of its height for the SSL crops. On the device, SSL views are
-RandomResizedCrop(S, scale=(0.08, 1)) of the canvas + colour jitter + grayscale + blur + flip; the probe input is
-the centre S x S crop, which equals the reference's ``Resize(S) + CenterCrop(S)``. Normalisation is ImageNet's by
+Loading: posters are decoded with PIL in the loader workers and brought to a fixed uint8 canvas S wide and
+round(10 S / 7) high (S = data.image_size): the reference's ``Resize(S)`` (shorter side to S), placed so that the
+canvas' centre S x S window is exactly the reference's ``CenterCrop(S)``; a typical 2:3 portrait poster keeps all
+but a few rows at the top and bottom, a squarer or landscape one is zero-padded above and below. On the device,
+SSL views are RandomResizedCrop(S, scale=(0.08, 1)) of the canvas + colour jitter + grayscale + blur + flip (the
+reference crops the whole poster; here the canvas, which differs only for posters cut or padded by it); the probe
+input is the centre window, i.e. the reference's ``Resize(S) + CenterCrop(S)``. Normalisation is ImageNet's by
 default, as the reference [ODDITY: CLIP was trained with its own statistics]; ``data.image_norm=clip`` uses CLIP's.
 
 Plots: the reference draws one plot string at random from the list on every read (SSL and probe alike). SSL reads
@@ -241,8 +243,10 @@ def open_poster(path: Path):
 
 
 def poster_canvas(img, image_size: int) -> np.ndarray:
-    """Resize the shorter side to S (bilinear, antialiased), then centre crop / zero pad to the (round(10S/7), S)
-    canvas. Returns uint8 (H, W, 3)."""
+    """The reference's ``Resize(S)`` (shorter side to S, longer side ``int(S * long / short)``, bilinear as
+    torchvision on PIL images), placed on the (round(10 S / 7), S) canvas so that the canvas' centre S x S window is
+    exactly the reference's ``CenterCrop(S)``; the rest of the poster extends around it (cropped beyond the
+    canvas, zero where the poster is shorter). Returns uint8 (H, W, 3)."""
     from PIL import Image
 
     S = int(image_size)
@@ -251,16 +255,16 @@ def poster_canvas(img, image_size: int) -> np.ndarray:
     if w <= 0 or h <= 0:
         raise ValueError("image has no pixels")
     if w <= h:
-        nw, nh = S, max(1, int(round(h * S / w)))
+        nw, nh = S, int(S * h / w)
     else:
-        nw, nh = max(1, int(round(w * S / h))), S
+        nw, nh = int(S * w / h), S
     arr = np.asarray(img.resize((nw, nh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    # resized pixel (y, x) = canvas pixel (y - oy, x - ox): the CenterCrop window lands on the canvas' centre one
+    oy = int(round((nh - S) / 2.0)) - (H - S) // 2
+    ox = int(round((nw - S) / 2.0)) - (W - S) // 2
     out = np.zeros((H, W, 3), dtype=np.uint8)
-    # centre crop where larger, centre pad where smaller, per axis
-    sy, dy = max(0, (nh - H) // 2), max(0, (H - nh) // 2)
-    sx, dx = max(0, (nw - W) // 2), max(0, (W - nw) // 2)
-    hh, ww = min(H, nh), min(W, nw)
-    out[dy:dy + hh, dx:dx + ww] = arr[sy:sy + hh, sx:sx + ww]
+    r0, r1, c0, c1 = max(0, -oy), min(H, nh - oy), max(0, -ox), min(W, nw - ox)
+    out[r0:r1, c0:c1] = arr[r0 + oy:r1 + oy, c0 + ox:c1 + ox]
     return out
 
 
@@ -546,7 +550,7 @@ class PosterTransforms:
         S = self.size
         if H < S or W < S:
             raise ValueError(f"x: poster canvas {H}x{W} is smaller than the crop {S}")
-        top, left = int(round((H - S) / 2.0)), int(round((W - S) / 2.0))
+        top, left = (H - S) // 2, (W - S) // 2      # where poster_canvas put the reference's CenterCrop
         return self._normalize(x[..., top:top + S, left:left + S].contiguous())
 
 

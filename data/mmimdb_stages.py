@@ -164,9 +164,9 @@ def _ensure_index(ws, cfg, force: bool) -> Path:
     except ValueError as e:
         raise _usage(f"cannot build the MM-IMDb index from {src}: {e}") from None
     c, skipped = info["counts"], info["skipped"]
+    why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
     print(f"indexed mmimdb into {out} in {info['seconds']:.1f} s: train {c['train']}, val {c['val']}, test "
-          f"{c['test']}" + (f"; skipped {sum(skipped.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))})"
-                            if skipped else ""))
+          f"{c['test']}" + (f"; skipped {sum(skipped.values())} ({why})" if skipped else ""))
     return out
 
 
@@ -187,9 +187,17 @@ def _online_datamodule(ws, cfg):
     ct.set_weights_dir(d.weights_dir)
     vision = json.loads((img_path / "config.json").read_text())
     vision = vision.get("vision_config", vision)
-    if vision.get("image_size") not in (None, d.image_size):
-        raise _usage(f"data.image_size={d.image_size} but the CLIP vision tower in {img_path} takes "
-                     f"{vision['image_size']}x{vision['image_size']} images; set data.image_size={vision['image_size']}")
+    size = vision.get("image_size")
+    if size not in (None, d.image_size):
+        raise _usage(f"data.image_size={d.image_size} but the CLIP vision tower in {img_path} takes {size}x{size} "
+                     f"images; set data.image_size={size}")
+    img_kw, txt_kw = _tower_kwargs(cfg)
+    for what, kw, path, cls in (("image", img_kw, img_path, ct.ClipImageEncoder),
+                                ("text", txt_kw, txt_path, ct.ClipTextEncoder)):
+        width = cls._read_width(path)
+        if kw.get("width") not in (None, width):
+            raise _usage(f"model.modalities: the {what} tower in {path} is {width} wide but its encoder_kwargs say "
+                         f"width={kw['width']}; set width: {width}")
     try:
         tokenizer = ct.load_tokenizer(txt_path)
         max_length = ct.text_max_length(txt_path, tokenizer)
@@ -268,7 +276,8 @@ def _ensure_cache(ws, cfg, force: bool = False) -> Path:
                                       autocast_dtype=dtype, seed=d.data_seed,
                                       batch_size=max(d.batch_size, 256 if device.type == "cuda" else 64),
                                       num_workers=d.num_workers)
-    print(f"cached mmimdb features in {info['seconds']:.1f} s ({', '.join(f'{k} {v}' for k, v in info['counts'].items())})")
+    counts = ", ".join(f"{k} {v}" for k, v in info["counts"].items())
+    print(f"cached mmimdb features in {info['seconds']:.1f} s ({counts})")
     return out
 
 

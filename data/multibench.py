@@ -493,8 +493,8 @@ def read_vt_episode(path: Path, file_index: int, data_seed: int) -> dict[str, np
             if key == "image" and len(shape) == 4 and shape[1:] == (3, 128, 128):
                 tail = (3, 128, 128)  # stored channels-first: transposed below
             if shape != (VT_EPISODE_LEN, *tail):
-                raise SchemaError(f"{where}['{key}']: expected shape {(VT_EPISODE_LEN, *VT_REQUIRED[key])}, got {shape}",
-                                  key)
+                want = (VT_EPISODE_LEN, *VT_REQUIRED[key])
+                raise SchemaError(f"{where}['{key}']: expected shape {want}, got {shape}", key)
             if not (np.issubdtype(ds.dtype, np.number) or ds.dtype == np.bool_):
                 raise SchemaError(f"{where}['{key}']: expected a numeric dataset, got dtype {ds.dtype}", key)
             raw[key] = ds[()]

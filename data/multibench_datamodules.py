@@ -72,6 +72,27 @@ def drop_rows(x: torch.Tensor, lengths: torch.Tensor, coin: torch.Tensor, max_fr
     return x.masked_fill(dropped.view(b, t, *([1] * (x.ndim - 2))), 0.0)
 
 
+class _MemmapRef:
+    """A picklable stand-in for a read-only memmap: loader workers started with spawn/forkserver reopen the file
+    instead of receiving a copy of its contents (a pickled memmap is a full in-memory array)."""
+
+    def __init__(self, arr: np.memmap):
+        self.filename, self.offset, self.dtype, self.shape = arr.filename, arr.offset, arr.dtype, arr.shape
+        self.order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape,
+                         order=self.order)
+
+
+def _pack(a):
+    return _MemmapRef(a) if isinstance(a, np.memmap) and a.filename and a.base is not None else a
+
+
+def _unpack(a):
+    return a.open() if isinstance(a, _MemmapRef) else a
+
+
 class ArrayDataset(Dataset):
     """Rows ``index`` of named arrays, a batch at a time: {"raw": [modalities], ("lengths"), ("y": {task: ...})}.
 
@@ -85,6 +106,15 @@ class ArrayDataset(Dataset):
             raise ValueError(f"keys: no array '{missing[0]}' (have {', '.join(sorted(arrays))})")
         self.arrays, self.keys, self.labels, self.lengths = arrays, list(keys), labels, lengths
         self.index = np.asarray(index, dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["arrays"] = {k: _pack(v) for k, v in self.arrays.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state["arrays"] = {k: _unpack(v) for k, v in state["arrays"].items()}
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -308,10 +338,8 @@ class VisionTouchDataModule(MultiBenchDataModule):
         first = self._splits is None
         splits = super()._load()
         if first and self.protocol == "reference":
-            merged = {k: np.concatenate([splits["train"][k], splits["val"][k]]) for k in splits["train"]
-                      if k != "image"}
-            # images are the bulk: index the two memmaps through a view instead of concatenating them
-            merged["image"] = _Concat(splits["train"]["image"], splits["val"]["image"])
+            # index the two memmaps through a view instead of concatenating them (images are ~7 GB)
+            merged = {k: _Concat(splits["train"][k], splits["val"][k]) for k in splits["train"]}
             splits["train"], splits["val"] = merged, splits["test"]
         return splits
 
@@ -323,6 +351,12 @@ class _Concat:
         self.a, self.b = a, b
         self.shape = (len(a) + len(b), *a.shape[1:])
         self.dtype = a.dtype
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "a": _pack(self.a), "b": _pack(self.b)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, a=_unpack(state["a"]), b=_unpack(state["b"]))
 
     def __len__(self) -> int:
         return self.shape[0]

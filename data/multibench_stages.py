@@ -101,7 +101,7 @@ def _discard(dest: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ download
 
-def _fetch_file(ws, f, dest: Path, base_url: str | None) -> tuple[str, bool]:
+def _fetch_file(ws, dataset: str, f, dest: Path, base_url: str | None) -> tuple[str, bool]:
     """Bring ``dest`` to the verified file ``f``; returns (sha256, whether anything was downloaded)."""
     from . import fetch
 
@@ -114,13 +114,15 @@ def _fetch_file(ws, f, dest: Path, base_url: str | None) -> tuple[str, bool]:
         except fetch.ChecksumError as e:
             q = _quarantine(dest)
             print(f"{dest} does not match its record ({e}); moved it to {q} and downloading again")
-    print(f"downloading {url} -> {dest}" + (f" ({f.approx_size})" if f.approx_size not in ("", "unknown") else ""), flush=True)
+    size = f" ({f.approx_size})" if f.approx_size not in ("", "unknown") else ""
+    print(f"downloading {url} -> {dest}{size}", flush=True)
     try:
         fetch.download(url, dest, expected_sha256=f.sha256, expected_size=f.size,
                        tofu_store=store if url == f.url else None)
     except fetch.DownloadError as e:
         raise _usage(f"download of {f.name} failed: {e}\nRetry later, fetch it from a mirror (`infmask download "
-                     f"<dataset> --base-url URL`), or place the file at {dest} by hand and rerun to verify it.") from None
+                     f"{dataset} --base-url URL`), or place the file at {dest} by hand and rerun to verify "
+                     "it.") from None
     if url != f.url:  # a mirror: hold its bytes to the record kept under the registry URL
         try:
             sha = fetch.verify_file(dest, expected_sha256=f.sha256, expected_size=f.size, tofu_store=store, key=f.url)
@@ -138,7 +140,7 @@ def _download_affect(ws, entry, base_url, force, quiet) -> Path:
     dest = out / f.name
     if force:
         _discard(dest)
-    sha, fetched = _fetch_file(ws, f, dest, base_url)
+    sha, fetched = _fetch_file(ws, entry.name, f, dest, base_url)
     manifest = {"dataset": entry.name, "files": {f.name: {"url": f.url, "size": dest.stat().st_size, "sha256": sha}}}
     if _read_json(out / "manifest.json") != manifest:
         _write_json(out / "manifest.json", manifest)
@@ -182,7 +184,7 @@ def _download_vt(ws, entry, base_url, force, quiet) -> Path:
         print(f"{entry.name}: extracted files are damaged ({'; '.join(problems[:3])}); fetching again")
         (out / "manifest.json").unlink()
     zip_path = out / f.name
-    sha, _ = _fetch_file(ws, f, zip_path, base_url)
+    sha, _ = _fetch_file(ws, entry.name, f, zip_path, base_url)
     print(f"{entry.name}: extracting {zip_path}", flush=True)
     try:
         safe_extract(zip_path, extracted, overwrite=True)

@@ -2,8 +2,9 @@
 (models.reference_impl), for `infmask bench` and the README.
 
 Peak memory is measured in a fresh Python process per formulation, so one measurement cannot reuse the other's
-freed memory: on CPU as the growth of the process's peak resident set (getrusage ru_maxrss) over one forward and
-backward pass, the inputs already allocated; on CUDA as torch.cuda.max_memory_allocated over the same pass.
+freed memory: on CPU as the process's peak resident set during one forward and backward pass (the kernel's VmHWM
+mark, reset once the inputs are built) minus what was resident before it; on CUDA as
+torch.cuda.max_memory_allocated over the same pass minus the memory allocated before it.
 Timings are medians of forward + backward in the calling process.
 """
 from __future__ import annotations
@@ -48,18 +49,45 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+def _rss_now_and_reset_peak() -> tuple:
+    """(current resident bytes, whether the kernel's peak-RSS mark VmHWM could be reset to it)."""
+    with open("/proc/self/statm") as fh:
+        rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:      # "5" resets VmHWM (Linux >= 4.0)
+            fh.write("5")
+        return rss, True
+    except OSError:
+        return rss, False
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def measure_peak_here(kind: str, B: int, P: int, T: int, n: int = 2, device: str = "cpu") -> dict:
-    """Peak extra memory of one forward + backward in this process (use a fresh process: see module docstring)."""
+    """Peak extra memory of one forward + backward in this process (use a fresh process: see module docstring).
+
+    CPU: the kernel's peak-resident mark is reset after the inputs are built, so the figure is the pass's own
+    peak over what was resident before it (ru_maxrss growth where /proc cannot be used)."""
     import gc
     import resource
     inputs = _inputs(B, P, T, n, device)
     gc.collect()
+    reset = False
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux: KiB
+        try:
+            base, reset = _rss_now_and_reset_peak()
+        except OSError:
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024      # Linux: KiB
     t0 = time.perf_counter()
     _loss(kind, *inputs).backward()
     _sync(device)
@@ -67,6 +95,9 @@ def measure_peak_here(kind: str, B: int, P: int, T: int, n: int = 2, device: str
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - base
         how = "torch.cuda.max_memory_allocated"
+    elif reset:
+        peak = _peak_rss() - base
+        how = "peak RSS (VmHWM, reset before the pass) minus RSS before"
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
         how = "ru_maxrss growth"
@@ -98,17 +129,19 @@ def loss_timing_report(batch_sizes=(64, 1024), P: int = 256, T: int = 8, n: int 
         inputs = _inputs(B, P, T, n, device)
         row = {"B": B, "P": P, "T": T, "n": n, "device": device}
         for kind in FORMULATIONS:
-            times = []
+            times, cpu = [], []
             for i in range(repeats + 1):
                 for t in inputs[0] + inputs[1] + list(inputs[2:]):
                     t.grad = None
                 _sync(device)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 _loss(kind, *inputs).backward()
                 _sync(device)
                 if i:
                     times.append(time.perf_counter() - t0)
+                    cpu.append(time.process_time() - c0)
             row[f"{kind}_s"] = round(statistics.median(times), 5)
+            row[f"{kind}_cpu_s"] = round(statistics.median(cpu), 5)
         row["speedup"] = round(row["explicit_covariance_s"] / row["closed_form_s"], 2)
         rows.append(row)
     return {"rows": rows, "threads": torch.get_num_threads()}
@@ -230,9 +263,9 @@ def step_breakdown(method, batch: dict, device: str = "cpu") -> dict:
     t0 = tick("head", t0)
     n_sub = len(z)
     mc = method.hparams_model
-    if masked:
-        T = enc.num_mask
-        k1 = torch.stack(h[2 * n_sub: 2 * n_sub + T]) if zm else None
+    if masked:   # the full set is the last masked job: its copy-1 views end the copy-1 block
+        T, J = enc.num_mask, len(zm)
+        k1 = torch.stack(h[2 * n_sub + (J - 1) * T: 2 * n_sub + J * T])
         k2 = torch.stack(h[-T:])
         loss = infmasking_loss(list(h[:n_sub]), list(h[n_sub:2 * n_sub]), k1, k2, float(mc["temperature"]),
                                method.mask_ratio_r(), weights=mc["weights"])["loss"]

@@ -196,8 +196,8 @@ def text_max_length(path: Path, tokenizer) -> int:
 
 def mask_token_ids(ids: torch.Tensor, prob: float, mask_id: int, special_ids: Sequence[int] = (),
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Replace each token by `mask_id` with probability `prob`, never padding (id < 0) nor `special_ids`
-    (BOS/EOS for CLIP, [CLS]/[SEP]/[PAD] for BERT-like tokenizers). Returns a new tensor."""
+    """Replace each token by `mask_id` with probability `prob` (independently per token), never padding (id < 0)
+    nor `special_ids` (BOS/EOS for CLIP, [CLS]/[SEP]/[PAD] for BERT-like tokenizers). Returns a new tensor."""
     if ids.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"ids: expected an integer tensor, got {ids.dtype}")
     if not 0.0 <= float(prob) < 1.0:
@@ -228,7 +228,9 @@ class TokenMasker:
         if mask_id is None:
             raise ValueError("tokenizer: has neither a mask, an unknown nor a padding token to mask with")
         self.mask_id = int(mask_id)
-        self.special_ids = sorted(set(int(i) for i in tokenizer.all_special_ids))
+        # the reference never masks padding, CLS and SEP (here also BOS/EOS, CLIP's equivalents); [UNK] may be
+        ids = (getattr(tokenizer, f"{k}_token_id", None) for k in ("cls", "sep", "bos", "eos", "pad"))
+        self.special_ids = sorted({int(i) for i in ids if i is not None})
 
     def __call__(self, ids: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return mask_token_ids(ids, self.prob, self.mask_id, self.special_ids, generator)
@@ -390,7 +392,7 @@ ENCODERS["clip_text"] = ClipTextEncoder
 
 def _byte_vocab() -> dict:
     """A CLIP BPE vocabulary without merges: every byte alone and as a word end, plus the two special tokens."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:

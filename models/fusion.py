@@ -166,7 +166,7 @@ class FusionTransformer(nn.Module):
         """Fused CLS embeddings of several subsets and masked views of one token table.
 
         tokens: (B, L, E); padding: (B, L) bool (True = padding) or None.
-        subsets: positions (1-D LongTensor into L, None = all) of each unmasked subset.
+        subsets: positions (list or 1-D tensor of indices into L; None = all) of each unmasked subset.
         masked: (positions or None, keep[, n_keep]) per masked job, keep a bool (V, B, L_S) over the subset's
             positions with the same number n_keep of kept positions in every row (what `random_keep_mask` gives).
         Returns ([(B, E) per subset], [(V, B, E) per masked job]).
@@ -292,7 +292,7 @@ class FusionTransformer(nn.Module):
             jobs.append(_Job(torch.cat(parts, dim=1), bias, V))
 
         outputs = self._run_jobs(jobs, full_rows)
-        z = [o for o in outputs[: len(subsets)]]
+        z = list(outputs[: len(subsets)])
         zm = [o.reshape(job.views, B, E) for o, job in zip(outputs[len(subsets):], jobs[len(subsets):])]
         return z, zm
 

@@ -115,15 +115,15 @@ def mask_ratio_schedule(mask_lambda: float, epoch: int, max_epochs: int) -> floa
 # combined with logaddexp, which never concatenates the blocks and lets the self-similarity block of a tensor,
 # shared by several terms (z_n enters every L_i and the mask loss), be computed once.
 def _offdiag(S: torch.Tensor) -> torch.Tensor:
-    """Self-similarity with its diagonal removed. The reference subtracts 1e8, whose exp is exactly 0 in float32
-    and float64; -inf gives the same values and gradients."""
+    """Self-similarity with its diagonal removed, in place. The reference subtracts 1e8, whose exp is exactly 0 in
+    float32 and float64; -inf gives the same values and gradients."""
     eye = torch.eye(S.shape[0], dtype=torch.bool, device=S.device)
-    return S.masked_fill(eye, float("-inf"))
+    return S.masked_fill_(eye, float("-inf"))
 
 
 def _self_lse(x: torch.Tensor, temperature: float) -> torch.Tensor:
     """Row-wise log-sum-exp of x x^T / tau without the diagonal: (B,)."""
-    return torch.logsumexp(_offdiag(x @ x.t() / temperature), dim=1)
+    return torch.logsumexp(_offdiag((x @ x.t()).div_(temperature)), dim=1)
 
 
 def _nce_from(A: torch.Tensor, lse_u: torch.Tensor, lse_v: torch.Tensor):
@@ -141,7 +141,7 @@ def _nce_from(A: torch.Tensor, lse_u: torch.Tensor, lse_v: torch.Tensor):
 
 def _nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float):
     """NT-Xent (SPEC §1.7 step 1) on normalised, gathered u, v (B, P) -> (loss, accuracy in %)."""
-    return _nce_from(u @ v.t() / temperature, _self_lse(u, temperature), _self_lse(v, temperature))
+    return _nce_from((u @ v.t()).div_(temperature), _self_lse(u, temperature), _self_lse(v, temperature))
 
 
 def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float):
@@ -167,7 +167,8 @@ def _mask_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, ratio: floa
     quad = proj.pow(2).mean(dim=0)                                  # q_b^T Sigma_b q_b (biased, / T)
     pos = ((q * mu).sum(-1) + ratio / (2 * temperature) * quad) / temperature
     eye = torch.eye(B, dtype=torch.bool, device=q.device).unsqueeze(1)              # (B, 1, B)
-    neg = torch.einsum("bp,tjp->btj", q, k).div(temperature).masked_fill(eye, float("-inf"))
+    # in place: the matmul's backward needs its inputs, not its output (saves two (B, T, B) buffers)
+    neg = torch.einsum("bp,tjp->btj", q, k).div_(temperature).masked_fill_(eye, float("-inf"))
     if q_self_lse is None:
         q_self_lse = _self_lse(q, temperature)
     lse = torch.logsumexp(torch.stack([pos, torch.logsumexp(neg.reshape(B, T * B), dim=1), q_self_lse]), dim=0)
@@ -266,9 +267,9 @@ def _infonce_terms(z1: list, z2: list, temperature: float):
     n = len(z1) - 1
     losses, accs = [], []
     for i in range(n + 1):
-        A = z1[i] @ z2[n].t() / temperature
+        A = (z1[i] @ z2[n].t()).div_(temperature)
         l1, acc1 = _nce_from(A, lse1[i], lse2[n])
-        A2 = A.t() if i == n else z2[i] @ z1[n].t() / temperature
+        A2 = A.t() if i == n else (z2[i] @ z1[n].t()).div_(temperature)
         l2, acc2 = _nce_from(A2, lse2[i], lse1[n])
         losses.append((l1 + l2) / 2)
         accs.append((acc1 + acc2) / 2)

@@ -2,6 +2,7 @@
 validation probe, and plain progress lines for non-terminals."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -38,18 +39,23 @@ class PreemptionCheckpoint(pl.Callback):
 
 
 class PlainProgress(pl.Callback):
-    """Periodic log lines instead of a progress bar when stderr is not a terminal (CI, sweep agents)."""
+    """Periodic log lines instead of a progress bar when stderr is not a terminal (CI, sweep agents): the first
+    batch of every epoch, then one line every `every_s` seconds, and a summary at each epoch end."""
 
     def __init__(self, every_s: float = 30.0):
         self.every_s = every_s
         self._last = 0.0
+        self._t0 = time.time()
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.time()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.time()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.time()
-        if now - self._last >= self.every_s and trainer.global_rank == 0:
+        if (batch_idx == 0 or now - self._last >= self.every_s) and trainer.global_rank == 0:
             self._last = now
             loss = trainer.callback_metrics.get("train/loss")
             n = trainer.num_training_batches
@@ -115,7 +121,8 @@ class ValProbeCallback(pl.Callback):
         logged = {f"probe/val/{k}": v for k, v in results["mean"].items()}
         for task, metrics in results["per_task"].items():
             logged.update({f"probe/val/{task}/{k}": v for k, v in metrics.items()})
-        pl_module.log_dict(logged, on_epoch=True, sync_dist=False, rank_zero_only=False)
+        # identical on every rank after the broadcast: sync_dist averages equal values (and keeps Lightning quiet)
+        pl_module.log_dict(logged, on_epoch=True, sync_dist=True, rank_zero_only=False)
         if trainer.global_rank == 0:
             rows = [("val", "all", k, v) for k, v in results["mean"].items()]
             rows += [("val", t, k, v) for t, m in results["per_task"].items() for k, v in m.items()]
@@ -127,3 +134,152 @@ class ValProbeCallback(pl.Callback):
         if better:
             self.best = value
             trainer.save_checkpoint(self.best_path)
+
+
+# -------------------------------------------------------------------------------------------- telemetry
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        batch = batch.get("views", batch.get("x"))
+    while isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    if isinstance(batch, dict):
+        return _batch_size(next(iter(batch.values())))
+    return int(batch.shape[0])
+
+
+class _NVML:
+    """GPU utilisation/memory/power/temperature through NVML when nvidia-ml-py and a driver are present."""
+
+    def __init__(self, device_index: int):
+        self.handle = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+        except Exception:  # no library, no driver, no GPU: the keys are simply absent
+            self.handle = None
+
+    def read(self) -> dict:
+        if self.handle is None:
+            return {}
+        n, h, out = self.nvml, self.handle, {}
+        for key, fn in (("gpu/utilization_pct", lambda: n.nvmlDeviceGetUtilizationRates(h).gpu),
+                        ("gpu/memory_used_gb", lambda: n.nvmlDeviceGetMemoryInfo(h).used / 2**30),
+                        ("gpu/power_w", lambda: n.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                        ("gpu/temperature_c", lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU))):
+            try:
+                out[key] = float(fn())
+            except Exception:
+                pass
+        return out
+
+
+class TelemetryCallback(pl.Callback):
+    """samples/s, step time, data-wait time and learning rate under perf/; on CUDA, torch peak memory and NVML
+    readings under gpu/. Nothing GPU-related is logged (or fails) on a CPU."""
+
+    def __init__(self, every_n_steps: int = 10):
+        self.every = max(1, every_n_steps)
+        self._last_end = None
+        self._t0 = None
+        self._nvml = None
+        self.epoch_stats: dict[str, list[float]] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        import torch
+
+        if pl_module.device.type == "cuda":
+            self._nvml = _NVML(pl_module.device.index or 0)
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._last_end = time.perf_counter()
+        self.epoch_stats = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t0 = time.perf_counter()
+        self._wait = self._t0 - (self._last_end or self._t0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import torch
+
+        log_now = trainer.global_step % self.every == 0
+        if log_now and pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # honest step times on an asynchronous device
+        t = time.perf_counter()
+        step = t - self._t0
+        n = _batch_size(batch)
+        stats = {"perf/step_time_s": step, "perf/data_wait_s": self._wait,
+                 "perf/samples_per_s": n / max(step + self._wait, 1e-9)}
+        for k, v in stats.items():
+            self.epoch_stats.setdefault(k, []).append(v)
+        self._last_end = t
+        if not log_now:
+            return
+        if trainer.optimizers:
+            stats["perf/lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        if pl_module.device.type == "cuda":
+            stats["gpu/max_allocated_gb"] = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            stats["gpu/max_reserved_gb"] = torch.cuda.max_memory_reserved(pl_module.device) / 2**30
+            if self._nvml is not None:
+                stats.update(self._nvml.read())
+        pl_module.log_dict(stats, on_step=True, on_epoch=False, batch_size=n, rank_zero_only=True)
+
+    def epoch_means(self) -> dict[str, float]:
+        # the first step of an epoch includes warm-up work; drop it when there are others
+        return {k: sum(v[1:] or v) / len(v[1:] or v) for k, v in self.epoch_stats.items() if v}
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return json.loads(line).get("epoch", float("inf"))
+    except (ValueError, AttributeError):  # a line torn by a kill mid-write
+        return float("inf")
+
+
+class MetricsFileCallback(pl.Callback):
+    """Per-epoch training summaries into metrics.jsonl (next to the checkpoints) and the results store, on rank 0,
+    so reports and notebooks never depend on W&B."""
+
+    def __init__(self, run_id: str, run_dir: Path, store, telemetry: TelemetryCallback | None):
+        self.run_id, self.path, self.store, self.telemetry = run_id, Path(run_dir) / "metrics.jsonl", store, telemetry
+
+    def on_train_start(self, trainer, pl_module):
+        """On resume, drop lines of epochs the checkpoint does not hold (written after it, before a kill): they are
+        trained again, so each epoch appears once."""
+        if trainer.global_rank != 0 or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and _epoch_of(ln) < trainer.current_epoch]
+        if len(kept) != len(lines):
+            from .workspace import atomic_write_text
+
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.global_rank != 0 or trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        rows = {}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(("train/", "val/")) and not key.endswith("_step"):
+                rows[key.removesuffix("_epoch")] = float(value)
+        if self.telemetry is not None:
+            rows.update(self.telemetry.epoch_means())
+        if trainer.optimizers:
+            rows["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"epoch": epoch, "stage": "pretrain", **rows}) + "\n")
+        store_rows = []
+        for key, value in rows.items():
+            if key.startswith("val/"):
+                store_rows.append(("val", "all", key[4:], value))
+            elif key.startswith("train/"):
+                store_rows.append(("train", "all", key[6:], value))
+            else:
+                store_rows.append(("train", "all", key, value))
+        self.store.log_metrics(self.run_id, "pretrain", store_rows, step=epoch)

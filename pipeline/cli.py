@@ -116,7 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", default=None, nargs="?", const="-", help="write JSON (to a file, or - for stdout)")
     p.add_argument("--no-baseline", action="store_true", help="skip the straightforward formulation")
+    p.add_argument("--compare", default="auto", choices=("auto", "comm", "none"),
+                   help="also time CoMM at the same config (auto: for infmasking)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--data", action="store_true", help="time on the real training loader's first batch")
+    p.add_argument("--savings", action="store_true", help="also time the fusion's exact savings one by one")
+    p.add_argument("--optimisations", action="store_true",
+                   help="also measure batch augmentation, uint8 batches, channels_last and bf16 one by one")
     _add_overrides(p)
+    _add_root(p)
 
     p = sub.add_parser("agent-script", help="print a shell script starting one wandb agent per visible GPU")
     p.add_argument("sweep_path", help="entity/project/sweep_id from `wandb sweep`")
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "root", None):
         os.environ["INFMASK_ROOT"] = args.root
     os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; syncable later with `wandb sync`
+    os.environ.setdefault("WANDB_SILENT", "true")   # our own lines say where runs are and how to sync them
     from .config import ConfigError
     from data.registry import UnknownDatasetError
     try:

@@ -79,6 +79,7 @@ class ModelConfig:
     head_out: int = 256
     cross_proj_dim: int = 256            # Cross / CMC projection size
     ssl_scale: float = 1.0               # Cross+Self: weight of the self terms
+    cross_self_hidden: int = 1024        # Cross+Self: hidden width of the per-modality heads
     channels_last: bool = True           # CNN encoders in channels_last memory format
     modalities: list = field(default_factory=list)
 
@@ -197,6 +198,7 @@ CHOICES = {
     "probe.mode": ("max", "min"),
     "probe.checkpoint": ("best", "last"),
     "probe.protocol": ("clean", "reference"),
+    "data.image_norm": ("imagenet", "clip"),
     "trainer.precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true"),
 }
 

@@ -50,16 +50,52 @@ def extract_features(model, datamodule, split: str, device, max_samples: int | N
 
 # -------------------------------------------------------------------------------------------- models
 
+class _ConstantColumn:
+    """A multilabel column with one class in the training rows (rare genres in small subsets): predict it."""
+
+    def __init__(self, value):
+        self.value = int(value)
+        self.classes_ = np.array([0, 1])
+
+    def predict(self, X):
+        return np.full(len(X), self.value)
+
+    def predict_proba(self, X):
+        p = np.zeros((len(X), 2))
+        p[:, self.value] = 1.0
+        return p
+
+
+class _Multilabel:
+    """One binary logistic regression per label (MultiOutputClassifier semantics), tolerant of constant columns."""
+
+    def __init__(self, cost: float, max_iter: int):
+        self.cost, self.max_iter = cost, max_iter
+
+    def fit(self, X, Y):
+        from sklearn.linear_model import LogisticRegression
+
+        Y = np.asarray(Y)
+        self.estimators_ = [LogisticRegression(C=self.cost, max_iter=self.max_iter).fit(X, Y[:, j])
+                            if len(np.unique(Y[:, j])) > 1 else _ConstantColumn(Y[0, j]) for j in range(Y.shape[1])]
+        return self
+
+    def predict(self, X):
+        return np.stack([e.predict(X) for e in self.estimators_], axis=1)
+
+
 def _fit(kind: str, X, y, cost: float, max_iter: int):
     from sklearn.linear_model import LogisticRegression, Ridge
-    from sklearn.multioutput import MultiOutputClassifier
+    from threadpoolctl import threadpool_limits
 
-    with warnings.catch_warnings():
+    # One BLAS thread: these are small problems, and with 2 threads on a busy 2-core machine OpenBLAS
+    # spin-waiting made lbfgs 10-27x slower (measured).
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("ignore")  # lbfgs convergence warnings at max_iter, as in the reference
         if kind in ("multiclass", "binary"):
             return LogisticRegression(C=cost, max_iter=max_iter).fit(X, y)
         if kind == "multilabel":
-            return MultiOutputClassifier(LogisticRegression(C=cost, max_iter=max_iter)).fit(X, y)
+            return _Multilabel(cost, max_iter).fit(X, y)
         if kind == "regression":
             return Ridge(alpha=cost, max_iter=max_iter).fit(X, y)
     raise ValueError(f"kind: unknown task kind {kind!r}; valid: {', '.join(TASK_KINDS)}")

@@ -8,6 +8,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# One intra-op thread: the suite runs many small models on 2 cores beside W&B's own processes, where OpenMP
+# spin-waiting with 2 threads made steps several times slower. Inherited by subprocesses (trials, DDP ranks).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # Tests never talk to the W&B server and never carry a key.
 os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -189,6 +189,23 @@ def test_weight_decay_groups_of_infmasking():
     assert {"encoder.fusion.cls_token", "encoder.fusion.mask_token"} <= decayed
 
 
+@pytest.mark.parametrize("method", ["infmasking", "comm"])
+def test_benchmark_helpers_run(method):
+    from models.benchmarks import random_ssl_batch, step_breakdown, step_timing
+    cfg = make_cfg(method, [MOD_TAB, MOD_SEQ], mask_all_subsets=True)
+    model = build_method(cfg)
+    b = step_breakdown(model, random_ssl_batch(model.hparams_model, 4))
+    assert set(b) == {"encoders", "fusion_unmasked", "fusion_masked", "head", "loss", "backward", "total"}
+    t = step_timing(cfg, batch_size=4, steps=1)
+    assert t["fast_s"] > 0 and (method == "comm" or t["reference_s"] > 0)
+
+
+def test_loss_memory_report_runs_in_fresh_processes():
+    from models.benchmarks import loss_memory_report
+    r = loss_memory_report(B=16, P=8, T=2)
+    assert r["closed_form"]["peak_bytes"] >= 0 and r["explicit_covariance"]["peak_bytes"] >= 0
+
+
 def test_no_cuda_calls_in_code_base():
     pattern = re.compile(r"\.cuda\(\)")
     offenders = [str(p.relative_to(ROOT)) for d in ("pipeline", "models", "data") if (ROOT / d).exists()

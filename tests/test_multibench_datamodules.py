@@ -173,3 +173,17 @@ def test_damaged_processed_dir_is_refused(tmp_path):
     dm = mdm.AffectDataModule(out)
     with pytest.raises(ValueError, match="processed_dir"):
         dm.setup()
+
+
+def test_datasets_pickle_as_file_references(vt_dir):
+    """Loader workers started with spawn get the memmaps' file names, not copies of the arrays."""
+    dm = mdm.VisionTouchDataModule(vt_dir, task="contact_next", keys=["image", "proprio"],
+                                   augmentations=["simclr", "noise"], protocol="reference")
+    dm.setup()
+    ds = dm.probe_dataset("train")
+    blob = pickle.dumps(ds)
+    assert len(blob) < 100_000 < len(ds.arrays["image"]) * 128 * 128 * 3
+    again = pickle.loads(blob)
+    idx = [0, len(ds) - 1]
+    for a, b in zip(ds.__getitems__(idx)["raw"], again.__getitems__(idx)["raw"]):
+        assert torch.equal(a, b)

@@ -1,15 +1,12 @@
 """The result notebooks run headless (nbclient) on a workspace with results and on empty/missing ones; they are
 committed without outputs and their figures are real pictures."""
 import json
-from pathlib import Path
 
 import nbformat
-import pytest
 
 from pipeline.cli import main
 from pipeline.stages.notebooks import NOTEBOOK_DIR, NOTEBOOKS, execute_notebooks
-from test_report_fixtures import build_workspace
-from test_report_sweeps import assert_png_not_blank
+from test_report_fixtures import assert_png_not_blank, build_workspace
 
 
 def _first_output(nb) -> str:

@@ -134,6 +134,15 @@ def build_sweep(store: ResultsStore, sweep_id: str = SWEEP_ID) -> None:
                                                             "seed": 42}, "failed", returncode=1)
 
 
+def assert_png_not_blank(path: Path, min_bytes: int = 5000) -> None:
+    """A real picture: more than a few KB, at least 100x100 pixels, and not one flat colour."""
+    from matplotlib.image import imread
+
+    assert path.is_file() and path.stat().st_size > min_bytes, path
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img[..., :3].std() > 0.05, path
+
+
 def build_workspace(root: Path, parts=("trifeatures", "multibench", "mmimdb", "sweep")) -> ResultsStore:
     store = ResultsStore(Path(root) / "results.sqlite")
     builders = {"trifeatures": build_trifeatures, "multibench": build_multibench, "mmimdb": build_mmimdb,

@@ -1,11 +1,10 @@
 """`infmask report --sweep`: best (mask_ratio, temperature) by validation mean over seeds, test mean ± std there,
 and a heat map PNG that is not blank."""
 import pytest
-from matplotlib.image import imread
 
 from pipeline import reporting as R
 from pipeline.cli import main
-from test_report_fixtures import SWEEP_BEST, SWEEP_ID, build_workspace
+from test_report_fixtures import SWEEP_BEST, SWEEP_ID, assert_png_not_blank, build_workspace
 
 
 @pytest.fixture(scope="module")
@@ -13,12 +12,6 @@ def sweep_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep") / "ws"
     build_workspace(root, parts=("sweep",))
     return root
-
-
-def assert_png_not_blank(path, min_bytes=5000):
-    assert path.is_file() and path.stat().st_size > min_bytes, path
-    img = imread(path)
-    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100 and img[..., :3].std() > 0.05, path
 
 
 def test_sweep_grid_and_best_point(sweep_root):

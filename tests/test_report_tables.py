@@ -12,8 +12,8 @@ import pytest
 from pipeline import reporting as R
 from pipeline.cli import main
 from pipeline.store import ResultsStore
-from test_report_fixtures import (SEEDS, TEST_SHARE, TRI_A, TRI_B, build_mmimdb, build_multibench,
-                                  build_trifeatures, build_workspace, cfg_for)
+from test_report_fixtures import (SEEDS, TEST_SHARE, TRI_A, TRI_B, build_mmimdb, build_multibench, build_workspace,
+                                  cfg_for)
 
 
 @pytest.fixture(scope="module")

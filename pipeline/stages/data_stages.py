@@ -1,6 +1,10 @@
 """`infmask download` and `infmask preprocess`: thin wrappers over the dataset registry."""
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
 from data.registry import DATASETS, dataset_for
 
 from ..config import benchmark_spec, build_config
@@ -30,8 +34,36 @@ def download_cli(args) -> int:
         raise UsageError("name a dataset (or --list); valid: " + ", ".join(DATASETS))
     entry = dataset_for(args.dataset)
     ws = Workspace.open()
-    entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
+    with _stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
+                                                 "data_seed": args.data_seed}) as run:
+        t0 = time.time()
+        out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
+        _log_dir(run, out, time.time() - t0)
     return 0
+
+
+@contextmanager
+def _stage_run(ws, stage: str, name: str, config: dict):
+    """Each data stage is a (small) W&B run too, so the whole pipeline shows up on the dashboard."""
+    from ..tracking import start_stage_run
+
+    run = start_stage_run(ws, stage, name, config)
+    try:
+        yield run
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)
+        raise
+    if run is not None:
+        run.finish()
+
+
+def _log_dir(run, out, seconds: float):
+    if run is None or out is None:
+        return
+    files = [p for p in Path(out).rglob("*") if p.is_file()]
+    run.summary.update({"data/seconds": seconds, "data/files": len(files),
+                        "data/bytes": sum(p.stat().st_size for p in files), "data/path": str(out)})
 
 
 def ensure_data(cfg, ws, force: bool = False):
@@ -51,7 +83,12 @@ def preprocess_cli(args) -> int:
     cfg = build_config(args.benchmark, method, args.preset, overrides=args.overrides)
     ws = Workspace.open()
     entry = dataset_for(cfg.data.dataset)
-    entry.stage("preprocess")(ws, entry, cfg, force=args.force)
+    with _stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}", {"benchmark": args.benchmark,
+                                                                         "preset": args.preset,
+                                                                         "data": cfg.to_dict()["data"]}) as run:
+        t0 = time.time()
+        out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
+        _log_dir(run, out, time.time() - t0)
     return 0
 
 

@@ -78,6 +78,7 @@ def execute_notebooks(root: Path, out_dir: Path, timeout: int = 120, names: tupl
         nb = nbformat.read(src, as_version=4)
         inject_parameters(nb, root=str(root))
         client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL, allow_errors=False,
+                                extra_arguments=["--IPKernelApp.log_level=ERROR"],  # no TCP-transport warning
                                 resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
         out = out_dir / f"{name}.ipynb"
         try:

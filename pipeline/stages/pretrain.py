@@ -5,14 +5,21 @@
   unless --force.
 - A non-finite loss stops the run: the state is saved to `failed.ckpt`, the store says `failed`, exit code 1.
 - SIGTERM / SIGUSR1 (preemption): `last.ckpt` is saved, the store says `preempted`, exit code 128+signal.
+- DDP (`trainer.devices=N trainer.strategy=ddp`, or one Slurm task per device): every rank runs this function;
+  only global rank 0 touches the run directory, the results store and W&B. Other ranks train, then return
+  status "worker" (exit code 0, also after a preemption: rank 0 carries the 128+signal code, and Lightning's local
+  launcher kills every process as soon as one child exits non-zero).
 """
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +59,18 @@ def _trainer_settings(cfg) -> dict:
                 use_distributed_sampler=True, benchmark=False)
 
 
+@contextmanager
+def _exclusive(path: Path):
+    """An flock held for the block: DDP ranks started together (srun) prepare the data one after the other."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = None,
              keep_wandb_open: bool = False) -> PretrainResult:
     import pytorch_lightning as pl
@@ -61,8 +80,9 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
 
     from models.methods import NonFiniteLossError, build_method
 
-    from ..callbacks import AtomicCheckpointIO, PlainProgress, PreemptionCheckpoint, ValProbeCallback
-    from ..tracking import MetricsFileCallback, TelemetryCallback, code_version, make_logger, scrub, wandb_id
+    from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PlainProgress, PreemptionCheckpoint,
+                             TelemetryCallback, ValProbeCallback)
+    from ..tracking import code_version, make_logger, scrub, wandb_id
     from .data_stages import datamodule_for, ensure_data
 
     store = ResultsStore(ws.db_path)
@@ -73,27 +93,13 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if previous and previous["status"] == "finished" and last.exists() and not force:
         print(f"{cfg.run_id}: already pretrained ({last}); skipping (use --force to retrain)")
         return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
-    salt = ""
-    if force and run_dir.exists():
-        shutil.rmtree(run_dir)
-        salt = f"-{int(time.time())}"
-        with store.transaction() as conn:
-            conn.execute("DELETE FROM metrics WHERE run_id=?", (cfg.run_id,))
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", __import__("yaml").safe_dump(scrub(cfg.to_dict()), sort_keys=False))
-
-    ensure_data(cfg, ws)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = datamodule_for(cfg, ws)
-    model = build_method(cfg.to_dict())
-
-    resume_id = (previous or {}).get("wandb_run_id") if last.exists() and not force else None
-    resume_id = resume_id or wandb_id(cfg, "pretrain", salt)
-    logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
     callbacks = [telemetry, MetricsFileCallback(cfg.run_id, run_dir, store, telemetry),
-                 ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, enable_version_counter=False),
+                 # last.ckpt at every epoch end. Not save_last=True with save_top_k=0: since Lightning 2.6 that
+                 # writes last.ckpt only when training ends, so a killed run would restart from scratch.
+                 ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
+                                 enable_version_counter=False),
                  PreemptionCheckpoint(last)]
     monitor = f"probe/val/{cfg.probe.monitor}"
     if cfg.probe.every_n_epochs > 0:
@@ -104,55 +110,93 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     progress_bar = sys.stderr.isatty()
     if not progress_bar:
         callbacks.append(PlainProgress())
-
-    trainer = pl.Trainer(logger=logger, callbacks=callbacks, enable_progress_bar=progress_bar,
+    # The Trainer resolves the cluster environment (local DDP launcher, Slurm, torchrun) and this process's global
+    # rank without launching anything; the logger is attached afterwards, on rank 0 only.
+    trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=progress_bar,
                          enable_model_summary=False, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
                          **_trainer_settings(cfg))
+    rank0 = trainer.global_rank == 0
+
+    salt = ""
+    if rank0:
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+            salt = f"-{int(time.time())}"
+            with store.transaction() as conn:
+                conn.execute("DELETE FROM metrics WHERE run_id=?", (cfg.run_id,))
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml",
+                          __import__("yaml").safe_dump(scrub(cfg.to_dict()), sort_keys=False))
+
+    with _exclusive(ws.root / "locks" / "ensure_data.lock"):
+        ensure_data(cfg, ws)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = datamodule_for(cfg, ws)
+    model = build_method(cfg.to_dict())
+
+    logger = False
+    resume_id = None
+    if rank0:
+        resume_id = (previous or {}).get("wandb_run_id") if last.exists() and not force else None
+        resume_id = resume_id or wandb_id(cfg, "pretrain", salt)
+        logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
+        if logger:
+            trainer.logger = logger
     if cfg.trainer.compile:
         model = torch.compile(model)
 
-    store.upsert_run(cfg, status="running", run_dir=str(run_dir), code_version=code_version(),
-                     wandb_run_id=resume_id if logger else None, sweep_id=sweep_id)
-    if logger and trainer.global_rank == 0:
-        from ..tracking import define_summaries
+    if rank0:
+        store.upsert_run(cfg, status="running", run_dir=str(run_dir), code_version=code_version(),
+                         wandb_run_id=resume_id if logger else None, sweep_id=sweep_id)
+        if logger:
+            from ..tracking import define_summaries
 
-        define_summaries(logger.experiment, tuple(dm.tasks))
+            define_summaries(logger.experiment, tuple(dm.tasks))
 
-    # SIGUSR1 (Slurm's pre-timeout signal) is handled like SIGTERM: stop after this batch, keep the state.
+    # SIGUSR1 (Slurm's pre-timeout signal) takes the SIGTERM path: the handler re-sends SIGTERM to this process, so
+    # Lightning's own handler stops every rank after the same batch (it broadcasts the flag and forwards the signal
+    # to the ranks its local launcher started) and PreemptionCheckpoint saves last.ckpt mid-epoch.
     received: dict[str, int] = {}
 
     def on_usr1(signum, frame):
-        received["signum"] = signum
-        trainer.should_stop = True
+        received.setdefault("signum", signum)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     old_usr1 = signal.signal(signal.SIGUSR1, on_usr1) if hasattr(signal, "SIGUSR1") else None
-    ckpt_path = str(last) if last.exists() else None
-    if ckpt_path:
+    # --force starts afresh on every rank (rank 0 deleted last.ckpt, other ranks may not have seen it go yet)
+    ckpt_path = str(last) if last.exists() and not force else None
+    if ckpt_path and rank0:
         print(f"{cfg.run_id}: resuming from {last}")
+    preempted = False
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     except NonFiniteLossError as e:
         trainer.save_checkpoint(ckpt_dir / "failed.ckpt")
+        if not rank0:
+            return PretrainResult(cfg.run_id, run_dir, "worker")
         store.set_status(cfg.run_id, "failed", str(e))
         _finish(logger, exit_code=1)
         raise RunFailed(f"{cfg.run_id}: {e}; state saved to {ckpt_dir / 'failed.ckpt'}") from None
-    except SIGTERMException:  # Lightning stops after the batch; PreemptionCheckpoint saved last.ckpt
-        received["signum"] = signal.SIGTERM
+    except SIGTERMException:  # raised on every rank after the same batch; PreemptionCheckpoint saved last.ckpt
+        preempted = True
     finally:
         if old_usr1 is not None:
             signal.signal(signal.SIGUSR1, old_usr1)
-    if "signum" in received:
-        if not last.exists() or received["signum"] != signal.SIGTERM:
-            trainer.save_checkpoint(last)
-        store.set_status(cfg.run_id, "preempted", f"signal {received['signum']}")
-        if logger and trainer.global_rank == 0:
+    # A signal after the last batch lets fit end normally: the run is finished, not preempted.
+    if preempted:
+        signum = received.get("signum", signal.SIGTERM)
+        if not rank0:
+            print(f"{cfg.run_id}: rank {trainer.global_rank} stopped by signal {signum}", file=sys.stderr)
+            return PretrainResult(cfg.run_id, run_dir, "worker")
+        store.set_status(cfg.run_id, "preempted", f"signal {signum}")
+        if logger:
             try:
                 logger.experiment.mark_preempting()
             except Exception:
                 pass
-        _finish(logger, exit_code=128 + received["signum"])
-        raise Preempted(received["signum"])
-    if trainer.global_rank != 0:  # DDP workers stop here: rank 0 records the run and runs the probe
+        _finish(logger, exit_code=128 + signum)
+        raise Preempted(signum)
+    if not rank0:  # DDP workers stop here: rank 0 records the run and runs the probe
         return PretrainResult(cfg.run_id, run_dir, "worker")
     best = ckpt_dir / "best.ckpt"
     if not best.exists():
@@ -175,6 +219,8 @@ def pretrain_cli(args) -> int:
     cfg = build_config(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides)
     ws = Workspace.open()
     res = pretrain(cfg, ws, force=args.force)
+    if res.status == "worker":  # a DDP rank > 0: rank 0 reports
+        return 0
     from ..tracking import sync_hint
 
     print(f"{res.run_id}: {res.status} ({res.run_dir})")

@@ -145,8 +145,10 @@ def _log_wandb(ws: Workspace, tables: dict, images: dict, config: dict) -> None:
         return
     import wandb
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "infmask", job_type="report",
-                     name="report-" + "-".join(str(v) for v in config.values() if v), dir=str(ws.wandb_dir), config={k: v for k, v in config.items() if v}, tags=["report"])
+    from ..tracking import start_stage_run
+
+    run = start_stage_run(ws, "report", "report-" + "-".join(str(v) for v in config.values() if v),
+                          {k: v for k, v in config.items() if v})
     try:
         payload = {k: wandb.Table(dataframe=df.astype(object).where(df.notna(), None)) for k, df in tables.items()}
         payload.update({k: wandb.Image(str(p)) for k, p in images.items()})

@@ -45,6 +45,12 @@ def trial_cli(args) -> int:
     cfg, spec = parse_trial_argv(args.argv)
     ws = Workspace.open()
     sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    if os.environ.get("INFMASK_LOCAL_SWEEP") == "1" and sweep_id:
+        # The embedded runner's sweep id exists on no W&B server, and `wandb sync` refuses runs that name an
+        # unknown sweep: keep it as a tag (and in the results store) instead, so the offline runs sync.
+        os.environ.pop("WANDB_SWEEP_ID")
+        os.environ.pop("WANDB_SWEEP_PARAM_PATH", None)
+        cfg.tracking.tags = [*cfg.tracking.tags, f"sweep:{sweep_id}"]
     try:
         res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True)
         if res.status == "worker":

@@ -1,0 +1,68 @@
+"""Acceptance (issue 10): one smoke run on 2 CPU processes (Lightning `ddp`, gloo). `infmask trial` pretrains
+with DDP and probes on rank 0: it completes, the results store holds one run with one set of probe metrics, one
+offline W&B run exists, and the data was sharded by Lightning's DistributedSampler."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.store import ResultsStore
+
+REPO = Path(__file__).resolve().parents[1]
+DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
+
+
+def _env(ws: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SWEEP", "WANDB_RUN", "INFMASK_"))}
+    env.update(INFMASK_ROOT=str(ws), WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    # a stray rank variable from an outer launcher would make this process think it is a worker
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path):
+    ws = tmp_path / "ws"
+    cmd = [sys.executable, "-m", "pipeline", "trial", "--benchmark=trifeatures", "--method=infmasking",
+           "--preset=smoke", "--seed=42", "--trainer.max_epochs=1", *(f"--{o}" for o in DDP)]
+    run = subprocess.run(cmd, cwd=REPO, env=_env(ws), capture_output=True, text=True, timeout=400)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-6000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]   # the second rank really ran
+
+    store = ResultsStore(ws / "results.sqlite")
+    runs = store.query("SELECT run_id, status, wandb_run_id, run_dir FROM runs")
+    assert len(runs) == 1 and runs[0]["status"] == "finished", [dict(r) for r in runs]
+    run_id, run_dir = runs[0]["run_id"], Path(runs[0]["run_dir"])
+    # one set of final probe metrics: each (split, task, metric) once, at step -1
+    probe = store.query("SELECT split, task, metric, step FROM metrics WHERE stage='probe'")
+    keys = [(r["split"], r["task"], r["metric"]) for r in probe]
+    assert keys and len(keys) == len(set(keys)) and {r["step"] for r in probe} == {-1}
+    assert {"val", "test"} <= {k[0] for k in keys} and ("test", "synergy", "acc1") in keys
+    # the per-epoch validation probe ran once (rank 0) and reached the store once
+    val_probe = store.query("SELECT task, metric, step FROM metrics WHERE stage='pretrain' AND task='share'")
+    assert val_probe and {r["step"] for r in val_probe} == {0}
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["epoch"] for ln in lines] == [0]
+
+    # one W&B run (the trial's), written by rank 0 only
+    wandb_runs = sorted((ws / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1, wandb_runs
+    assert wandb_runs[0].name.endswith(runs[0]["wandb_run_id"])
+
+    # sharding: each rank saw about half of the training set, so the step count is that of the half
+    from pipeline.stages.data_stages import datamodule_for
+    from pipeline.stages.probe import load_checkpoint
+    from pipeline.workspace import Workspace
+
+    ckpt, cfg = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert cfg.run_id == run_id and cfg.trainer.devices == 2
+    dm = datamodule_for(cfg, Workspace.open(ws))
+    dm.setup("fit")
+    n, bs = len(dm.ssl_dataset("train")), cfg.data.batch_size
+    per_rank = math.ceil(n / 2)
+    assert ckpt["global_step"] in (per_rank // bs, math.ceil(per_rank / bs)), (ckpt["global_step"], n, bs)
+    assert ckpt["global_step"] < math.ceil(n / bs)   # fewer steps than one process over the whole set
+    assert (run_dir / "checkpoints" / "best.ckpt").exists()

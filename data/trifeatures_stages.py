@@ -19,12 +19,30 @@ def processed_dir(ws, cfg) -> Path:
     return ws.processed("trifeatures", f"seed{d.data_seed}_px{d.image_size}_val{d.val_fraction}_max{d.max_size}")
 
 
+_VERIFIED: set[tuple] = set()
+
+
+def _stamp(path: Path) -> tuple:
+    """Identity of a build as files on disk: any rewrite or truncation changes a size or an mtime."""
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file()))
+
+
+def _verified(path: Path) -> bool:
+    return path.exists() and (str(path), _stamp(path)) in _VERIFIED
+
+
 def _ready(path: Path, what: str) -> bool:
-    """True when `path` holds a complete, checksum-verified build; a damaged one is removed (rebuilt, never used)."""
+    """True when `path` holds a complete, checksum-verified build; a damaged one is removed (rebuilt, never used).
+    A build verified earlier in this process and unchanged on disk since is not hashed again (`infmask run`
+    checks the data before each of its runs)."""
     if not path.exists():
         return False
+    key = (str(path), _stamp(path))
+    if key in _VERIFIED:
+        return True
     problems = trifeatures.verify(path)
     if not problems:
+        _VERIFIED.add(key)
         return True
     log.warning("%s at %s is damaged (%s); rebuilding it", what, path, "; ".join(problems[:3]))
     shutil.rmtree(path)
@@ -67,6 +85,7 @@ def datamodule(ws, cfg):
 
     dm = TrifeaturesDataModule(processed_dir(ws, cfg), biased=cfg.data.biased, batch_size=cfg.data.batch_size,
                                  num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
-                                 probe_random_crop=cfg.data.probe_random_crop)
+                                 probe_random_crop=cfg.data.probe_random_crop,
+                                 check_integrity=not _verified(processed_dir(ws, cfg)))
     dm.reference_val_split = "test"  # the reference's val loader is the test split (labelled 'reference' protocol)
     return dm

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,15 +29,48 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class PreemptionRequested(Exception):
+    """Raised on every rank at the same training batch after a preemption signal; last.ckpt is already saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"preempted by signal {signum}")
+        self.signum = signum
+
+
 class PreemptionCheckpoint(pl.Callback):
-    """On Lightning's SIGTERM exception, save last.ckpt before the trainer tears down (mid-epoch state)."""
+    """Preemption by SIGTERM (Slurm, W&B agents, `kill`) or SIGUSR1 (Slurm's `--signal=USR1@T` warning).
+
+    While training, the handler only records the signal. At the end of the current training batch the ranks agree
+    (one all-reduce under DDP) whether any of them was signalled; if so every rank saves last.ckpt together (the
+    mid-epoch state) and raises PreemptionRequested, which the pretrain stage turns into status `preempted` and exit
+    code 128 + signal. Lightning's own SIGTERM handler is replaced for the training loop because it runs a
+    collective inside the signal handler, which deadlocks DDP when several ranks are signalled at once (srun,
+    `scancel` and `kill -- -PGID` signal every rank). Lightning restores the handlers it found when fit ends."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.signum: int | None = None
 
-    def on_exception(self, trainer, pl_module, exception):
-        if type(exception).__name__ == "SIGTERMException":
+    def _record(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._record)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        stop = self.signum is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
             trainer.save_checkpoint(self.path)
+            raise PreemptionRequested(self.signum or signal.SIGTERM)
 
 
 class PlainProgress(pl.Callback):

@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--savings", action="store_true", help="also time the fusion's exact savings one by one")
     p.add_argument("--optimisations", action="store_true",
                    help="also measure batch augmentation, uint8 batches, channels_last and bf16 one by one")
+    p.add_argument("--no-memory", action="store_true", help="CPU: skip the peak-memory runs (one process each)")
     _add_overrides(p)
     _add_root(p)
 

@@ -36,8 +36,37 @@ def test_ssl_views_shape_dtype_device_and_range(device, layout):
 def test_ssl_augment_pipeline_is_the_spec_one():
     aug = A.ImageSSLAugment(224)
     names = [type(m).__name__ for m in aug.ops]
-    assert names == ["RandomResizedCrop", "ColorJitter", "RandomGrayscale", "RandomGaussianBlur",
+    assert names == ["RandomResizedCrop", "FastColorJitter", "RandomGrayscale", "RandomGaussianBlur",
                      "RandomHorizontalFlip"]
+    cj = aug.ops[1]
+    assert (cj.b, cj.c, cj.s, cj.h, cj.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
+
+
+def test_hsv_round_trip_and_kornia_agreement():
+    import math
+
+    import kornia.color as KC
+    import kornia.enhance as KE
+
+    x = torch.rand(6, 3, 16, 16, dtype=torch.float64)
+    hsv = A.rgb_to_hsv(x)
+    assert torch.allclose(A.hsv_to_rgb(hsv), x, atol=1e-12)
+    kh = KC.rgb_to_hsv(x)  # hue in radians
+    dh = ((hsv[:, 0] * 2 * math.pi - kh[:, 0] + math.pi) % (2 * math.pi)) - math.pi
+    assert dh.abs().max() < 1e-9 and torch.allclose(hsv[:, 1:], kh[:, 1:], atol=1e-6)
+    # a hue shift of t turns equals kornia's adjust_hue by 2*pi*t radians
+    t = 0.07
+    shifted = A.hsv_to_rgb(torch.cat([((hsv[:, :1] + t) % 1.0), hsv[:, 1:]], 1))
+    assert torch.allclose(shifted, KE.adjust_hue(x, torch.full((6,), 2 * math.pi * t, dtype=x.dtype)), atol=1e-5)
+
+
+def test_fast_color_jitter_coin_and_range():
+    torch.manual_seed(0)
+    x = torch.rand(256, 3, 8, 8)
+    y = A.FastColorJitter(p=0.8)(x)
+    changed = (y - x).abs().amax((1, 2, 3)) > 0
+    assert 0.7 < changed.float().mean() < 0.9 and y.min() >= 0 and y.max() <= 1
+    assert torch.equal(A.FastColorJitter(p=0.0)(x), x)
     assert A.blur_kernel_size(224) == 23 and A.blur_kernel_size(32) == 3 and A.blur_kernel_size(64) % 2 == 1
     with pytest.raises(ValueError, match="scale"):
         A.ImageSSLAugment(32, scale=(0.5, 0.1))

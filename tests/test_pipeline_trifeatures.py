@@ -39,7 +39,7 @@ def smoke_ws(tmp_path_factory):
             "metric": {"name": "probe/val/acc1", "goal": "maximize"},
             "parameters": {"benchmark": {"value": "trifeatures"}, "method": {"value": "infmasking"},
                            "preset": {"value": "smoke"}, "seed": {"value": 42},
-                           "model.mask_ratio": {"values": [0.5, 0.7]}, "model.temperature": {"value": 0.2}},
+                           "model.mask_ratio": {"values": [0.5, 0.7]}, "model.temperature": {"values": [0.1, 0.2]}},
             "command": ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]}, sort_keys=False))
         assert main(["sweep", str(sweep), "--root", str(root)]) == 0
         yield root
@@ -182,6 +182,11 @@ def test_sweep_recorded_with_best_config(smoke_ws, capsys):
     sweeps = store.query("SELECT sweep_id FROM sweeps")
     assert len(sweeps) == 1
     trials = store.trials(sweeps[0][0])
-    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}
+    assert len(trials) == 4 and {t["status"] for t in trials} == {"finished"}  # the 2x2 grid, each trial once
+    params = {(json.loads(t["params_json"])["model.mask_ratio"], json.loads(t["params_json"])["model.temperature"])
+              for t in trials}
+    assert params == {(0.5, 0.1), (0.5, 0.2), (0.7, 0.1), (0.7, 0.2)}
     assert main(["report", "--sweep", sweeps[0][0], "--root", str(smoke_ws), "--no-wandb"]) == 0
     assert list((smoke_ws / "reports").glob("*heatmap*.png"))
+    out = capsys.readouterr().out
+    assert "best" in out.lower() and "mask_ratio" in out

@@ -11,20 +11,21 @@ Formulations (each its own copy of the same initial weights and its own AdamW):
 * comm (`--compare comm`, the default for InfMasking): CoMM's fast step at the same config, for the cost of masking.
 
 A step = host-to-device copy and batch augmentation of the uint8 batch, forward, backward, optimiser step.
-`step_s` is the median wall time over `--steps` steps after `--warmup`, synchronising the device only at the end
-of a step. The breakdown comes from separate instrumented steps that synchronise after every phase (on CPU the
+`step_s` is the median wall time over `--steps` steps after `--warmup`, synchronising the device only after the
+augmentation and at the end of a step; `model_step_s` leaves the augmentation out (the same code in every
+formulation; the reference augments in loader workers, beside the step, so its step time leaves it out too). The breakdown comes from separate instrumented steps that synchronise after every phase (on CPU the
 straightforward step needs no separate run: its phases are timed in place); for the fast step the fusion of the
 unmasked subsets and of the masked views then run as two passes instead of one, so its breakdown total is a little
-above its `step_s`. Peak memory: CUDA, torch.cuda.max_memory_allocated during the step (absolute, and over what
-was allocated before the step); CPU, the peak resident set during the step over the resident set before it
-(the kernel's VmHWM mark, reset before the step; where it cannot be reset, ru_maxrss growth).
+above its `step_s`. Peak memory: CUDA, torch.cuda.max_memory_allocated during the timed steps (over what was
+allocated before each step, and absolute); CPU, freed memory stays resident, so each formulation runs one more
+step in a fresh process: peak resident set during that first step (the kernel's VmHWM mark, reset before it) over
+the resident set once the model and the raw batch are built (ru_maxrss growth where VmHWM cannot be reset).
 
 By default the batch is synthetic uint8 data of the config's shape (no dataset needed); `--data` takes the first
 batch of the real training loader (downloading and preprocessing like `infmask pretrain`).
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -59,8 +60,8 @@ class _Clock:
         self.t0 = self.last = time.perf_counter()
         self.c0 = time.process_time()
 
-    def mark(self, name: str):
-        if self.sync_phases:
+    def mark(self, name: str, sync: bool = False):
+        if self.sync_phases or sync:
             self._sync()
         t = time.perf_counter()
         self.phases[name] = self.phases.get(name, 0.0) + (t - self.last)
@@ -243,7 +244,7 @@ class _Runner:
         opt = method.configure_optimizers()
         self.opt = opt["optimizer"] if isinstance(opt, dict) else opt
         self.forward_real, self.forward_split, self.split_is_real = forward_real, forward_split, split_is_real
-        self.step_s, self.cpu_s, self.mem, self.mem_abs = [], [], [], []
+        self.step_s, self.model_s, self.cpu_s, self.mem, self.mem_abs = [], [], [], [], []
         self.coarse = {k: [] for k in COARSE}
         self.phases = {}
         self.loss = None
@@ -253,7 +254,7 @@ class _Runner:
         if mem is not None:
             mem.start()
         batch = batches.make()
-        clock.mark("augmentation")
+        clock.mark("augmentation", sync=True)    # always: model_step_s = step_s - augmentation
         with autocast():
             out = forward(batch, clock.mark)
         clock.mark("forward")
@@ -271,7 +272,8 @@ class _Runner:
     def run(self, batches, real_clock, split_clock, autocast, mem, record: bool):
         # without a phase-split forward the real step's own (synchronised) phases are the breakdown
         clock = real_clock if self.forward_split is not None else split_clock
-        wall, cpu, phases, (peak, peak_abs) = self._step(batches, clock, self.forward_real, autocast, mem)
+        wall, cpu, phases, peak = self._step(batches, clock, self.forward_real, autocast, mem)
+        peak, peak_abs = peak if peak is not None else (None, None)
         if self.split_is_real and not split_clock.sync_phases:
             split = phases
         elif self.forward_split is not None:
@@ -281,8 +283,10 @@ class _Runner:
         if not record:
             return
         self.step_s.append(wall)
+        self.model_s.append(wall - phases.get("augmentation", 0.0))
         self.cpu_s.append(cpu)
-        self.mem.append(peak)
+        if peak is not None:
+            self.mem.append(peak)
         if peak_abs is not None:
             self.mem_abs.append(peak_abs)
         forward = sum(v for k, v in phases.items() if k not in ("augmentation", "backward", "optimizer"))
@@ -296,11 +300,13 @@ class _Runner:
     def summary(self, batch_size: int) -> dict:
         md = statistics.median
         step = md(self.step_s)
-        out = {"step_s": round(step, 5), "step_cpu_s": round(md(self.cpu_s), 5),
+        out = {"step_s": round(step, 5), "model_step_s": round(md(self.model_s), 5),
+               "step_cpu_s": round(md(self.cpu_s), 5),
                "samples_per_s": round(batch_size / step, 3),
                "steps_s": [round(t, 5) for t in self.step_s],
-               "peak_mem_mib": round(max(self.mem) / 2 ** 20, 1),
                "last_loss": self.loss}
+        if self.mem:
+            out["peak_mem_mib"] = round(max(self.mem) / 2 ** 20, 1)
         if self.mem_abs:
             out["peak_mem_abs_mib"] = round(max(self.mem_abs) / 2 ** 20, 1)
         if self.phases:
@@ -338,32 +344,25 @@ def _compile_encoders(method):
     return method
 
 
-def _runners(cfg, device, precision: str, baseline: bool, compare_comm: bool) -> list:
+def make_runner(name: str, cfg, device, precision: str) -> "_Runner":
+    """One formulation, built from cfg.seed: every formulation starts from the same initial weights."""
     from models import step_phases
 
+    if name == "comm":
+        cfg = build_config(cfg.benchmark, "comm", cfg.preset, seed=cfg.seed, overrides=_shared_overrides(cfg))
     method = _build(cfg, device, precision)
-    name = cfg.method
-    split_ok = name in SPLIT_METHODS
-    base = copy.deepcopy(method) if baseline and split_ok else None
+    split_ok = cfg.method in SPLIT_METHODS
+    if name == "straightforward":
+        if not split_ok:
+            raise UsageError(f"no straightforward formulation of {cfg.method}; use --no-baseline")
+        fwd = (lambda b, mark, m=method: step_phases.straightforward_forward(m, b, mark))
+        return _Runner(name, method, fwd, fwd, split_is_real=True)
+    if name not in ("fast", "comm"):
+        raise ValueError(f"unknown formulation {name!r}")
     if cfg.trainer.compile:
         _compile_encoders(method)
-    runners = [_Runner("fast", method, lambda b, mark, m=method: m.compute_loss(b),
-                       (lambda b, mark, m=method: step_phases.fast_forward(m, b, mark)) if split_ok else None,
-                       split_is_real=False)]
-    if base is not None:
-        runners.append(_Runner("straightforward", base,
-                               lambda b, mark, m=base: step_phases.straightforward_forward(m, b, mark),
-                               lambda b, mark, m=base: step_phases.straightforward_forward(m, b, mark),
-                               split_is_real=True))
-    if compare_comm:
-        ccfg = build_config(cfg.benchmark, "comm", cfg.preset, seed=cfg.seed,
-                            overrides=_shared_overrides(cfg))
-        comm = _build(ccfg, device, precision)
-        if cfg.trainer.compile:
-            _compile_encoders(comm)
-        runners.append(_Runner("comm", comm, lambda b, mark, m=comm: m.compute_loss(b),
-                               lambda b, mark, m=comm: step_phases.fast_forward(m, b, mark), split_is_real=False))
-    return runners
+    split = (lambda b, mark, m=method: step_phases.fast_forward(m, b, mark)) if split_ok else None
+    return _Runner(name, method, lambda b, mark, m=method: m.compute_loss(b), split, split_is_real=False)
 
 
 def _shared_overrides(cfg) -> dict:
@@ -374,6 +373,43 @@ def _shared_overrides(cfg) -> dict:
         for k, v in d[section].items():
             out[f"{section}.{k}"] = v
     return out
+
+
+def memory_child(spec: str) -> None:
+    """Entry point of the fresh process `memory_in_subprocess` starts: one step of one formulation, its peak."""
+    import torch
+
+    from ..config import Config
+
+    a = json.loads(spec)
+    torch.set_num_threads(int(a["threads"]))
+    cfg = Config.from_dict(a["cfg"])
+    dev = _device(a["device"])
+    precision = _precision(cfg, dev)
+    batches = _Batches(cfg, dev, bool(a["real_data"]))
+    runner = make_runner(a["name"], cfg, dev, precision)
+    mem = _PeakMemory(dev)
+    _, _, _, (peak, peak_abs) = runner._step(batches, _Clock(dev, False), runner.forward_real,
+                                             _autocast(precision, dev), mem)
+    print("INFMASK_MEMORY " + json.dumps({"peak_bytes": peak, "peak_abs_bytes": peak_abs, "how": mem.how}))
+
+
+def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: bool) -> dict:
+    """Peak memory of one step of formulation `name`, first step in a fresh process, over the resident set
+    once the model and the raw batch are built (so it counts activations, gradients and the optimiser state)."""
+    import subprocess
+
+    spec = json.dumps({"cfg": cfg.to_dict(), "name": name, "device": device, "threads": threads,
+                       "real_data": real_data}, default=str)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = "import sys; from pipeline.stages.bench import memory_child; memory_child(sys.argv[1])"
+    res = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, cwd=root,
+                         check=False)
+    for line in res.stdout.splitlines()[::-1]:
+        if line.startswith("INFMASK_MEMORY "):
+            return json.loads(line.split(" ", 1)[1])
+    raise RuntimeError(f"memory measurement of {name} failed:\n{res.stderr[-2000:]}")
 
 
 # ------------------------------------------------------------------------------------------------- extras
@@ -569,7 +605,7 @@ def _loadavg():
 
 def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compare: str = "auto",
           device: str = "auto", threads: int | None = None, real_data: bool = False, savings: bool = False,
-          extras: bool = False, log=print) -> dict:
+          extras: bool = False, memory: bool = True, log=print) -> dict:
     import torch
 
     if steps < 1 or warmup < 0:
@@ -588,20 +624,30 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
     baseline = baseline and cfg.method in SPLIT_METHODS
     load_start = _loadavg()
     batches = _Batches(cfg, dev, real_data)
-    runners = _runners(cfg, dev, precision, baseline, compare_comm)
+    names = ["fast"] + (["straightforward"] if baseline else []) + (["comm"] if compare_comm else [])
+    runners = [make_runner(n, cfg, dev, precision) for n in names]
     autocast = _autocast(precision, dev)
+    # CUDA: the allocator's peak, in this process. CPU: freed memory stays resident, so one formulation's peak
+    # would hide the next one's; each is measured in a fresh process after the timing (see module docstring).
     real_clock, split_clock, mem = _Clock(dev, False), _Clock(dev, True), _PeakMemory(dev)
     B = cfg.data.batch_size
     log(f"bench {cfg.benchmark}/{cfg.method}/{cfg.preset}: B={B}, {dev}, {precision}, "
-        f"{torch.get_num_threads()} threads, formulations: {', '.join(r.name for r in runners)}")
+        f"{torch.get_num_threads()} threads, formulations: {', '.join(names)}")
     t_all = time.perf_counter()
     for i in range(warmup + steps):
         k = i % len(runners)
         for r in runners[k:] + runners[:k]:
-            r.run(batches, real_clock, split_clock, autocast, mem, record=i >= warmup)
+            r.run(batches, real_clock, split_clock, autocast, mem if dev.type == "cuda" else None,
+                  record=i >= warmup)
         if i >= warmup:
             log(f"  step {i - warmup + 1}/{steps}: " +
                 ", ".join(f"{r.name} {r.step_s[-1]:.3f} s" for r in runners))
+    if dev.type != "cuda" and memory:
+        for r in runners:
+            log(f"  peak memory of {r.name} (fresh process) ...")
+            peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data)
+            r.mem.append(peak["peak_bytes"])
+            mem.how = peak["how"]
     res = {"benchmark": cfg.benchmark, "method": cfg.method, "preset": cfg.preset, "config_hash": cfg.config_hash(),
            "batch_size": B, "image_size": cfg.data.image_size, "embed_dim": cfg.model.embed_dim,
            "num_mask": cfg.model.num_mask, "n_layers": cfg.model.n_layers, "steps": steps, "warmup": warmup,
@@ -618,9 +664,11 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         res["ratio"] = round(s["step_s"] / f["step_s"], 3)
         res["ratio_cpu_time"] = round(s["step_cpu_s"] / f["step_cpu_s"], 3)
         res["throughput_ratio"] = round(f["samples_per_s"] / s["samples_per_s"], 3)
+        res["ratio_model"] = round(s["model_step_s"] / f["model_step_s"], 3)
     if "comm" in res:
         res["infmasking_over_comm"] = round(res["fast"]["step_s"] / res["comm"]["step_s"], 3)
         res["infmasking_over_comm_cpu_time"] = round(res["fast"]["step_cpu_s"] / res["comm"]["step_cpu_s"], 3)
+        res["infmasking_over_comm_model"] = round(res["fast"]["model_step_s"] / res["comm"]["model_step_s"], 3)
     if savings and cfg.method == "infmasking":
         log("  fusion savings ...")
         res["fusion_savings"] = fusion_savings(runners[0].method, batches, dev)
@@ -640,20 +688,23 @@ def format_report(res: dict) -> str:
              f"data: {res['data']}"]
     head = f"{'':<18}" + "".join(f"{n:>17}" for n in names)
     lines.append(head)
-    rows = [("step (s)", "step_s"), ("step CPU time (s)", "step_cpu_s"), ("samples/s", "samples_per_s"),
+    rows = [("step (s)", "step_s"), ("  w/o augment. (s)", "model_step_s"), ("step CPU time (s)", "step_cpu_s"),
+            ("samples/s", "samples_per_s"),
             ("peak mem (MiB)", "peak_mem_mib")]
     for label, key in rows:
-        lines.append(f"{label:<18}" + "".join(f"{res[n][key]:>17}" for n in names))
+        lines.append(f"{label:<18}" + "".join(f"{res[n].get(key, '-'):>17}" for n in names))
     lines.append("breakdown (s, phases synchronised):")
     for p in PHASES + ("total",):
         vals = [res[n].get("breakdown", {}).get(p) for n in names]
         if any(v is not None for v in vals):
             lines.append(f"  {p:<16}" + "".join(f"{'-' if v is None else v:>17}" for v in vals))
     if "ratio" in res:
-        lines.append(f"straightforward / fast step time: {res['ratio']}x (CPU time {res['ratio_cpu_time']}x)")
+        lines.append(f"straightforward / fast step time: {res['ratio']}x (CPU time {res['ratio_cpu_time']}x; "
+                     f"without the augmentation both share: {res['ratio_model']}x)")
     if "infmasking_over_comm" in res:
         lines.append(f"InfMasking / CoMM step time: {res['infmasking_over_comm']}x "
-                     f"(CPU time {res['infmasking_over_comm_cpu_time']}x)")
+                     f"(CPU time {res['infmasking_over_comm_cpu_time']}x; without augmentation "
+                     f"{res['infmasking_over_comm_model']}x)")
     for key in ("fusion_savings", "loss_savings", "optimisations"):
         if key in res:
             lines.append(f"{key}: {json.dumps(res[key])}")
@@ -685,7 +736,7 @@ def bench_cli(args) -> int:
                 compare=getattr(args, "compare", "auto"), device=getattr(args, "device", "auto"),
                 threads=getattr(args, "threads", None), real_data=bool(getattr(args, "data", False)),
                 savings=bool(getattr(args, "savings", False)), extras=bool(getattr(args, "optimisations", False)),
-                log=log)
+                memory=not getattr(args, "no_memory", False), log=log)
     log(format_report(res))
     if args.json:
         _write_json(args.json, res)

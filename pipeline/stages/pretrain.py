@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -81,7 +80,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     from models.methods import NonFiniteLossError, build_method
 
     from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PlainProgress, PreemptionCheckpoint,
-                             TelemetryCallback, ValProbeCallback)
+                             PreemptionRequested, TelemetryCallback, ValProbeCallback)
     from ..tracking import code_version, make_logger, scrub, wandb_id
     from .data_stages import datamodule_for, ensure_data
 
@@ -153,23 +152,17 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
 
             define_summaries(logger.experiment, tuple(dm.tasks))
 
-    # SIGUSR1 (Slurm's pre-timeout signal) takes the SIGTERM path: the handler re-sends SIGTERM to this process, so
-    # Lightning's own handler stops every rank after the same batch (it broadcasts the flag and forwards the signal
-    # to the ranks its local launcher started) and PreemptionCheckpoint saves last.ckpt mid-epoch.
-    received: dict[str, int] = {}
-
-    def on_usr1(signum, frame):
-        received.setdefault("signum", signum)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    old_usr1 = signal.signal(signal.SIGUSR1, on_usr1) if hasattr(signal, "SIGUSR1") else None
     # --force starts afresh on every rank (rank 0 deleted last.ckpt, other ranks may not have seen it go yet)
     ckpt_path = str(last) if last.exists() and not force else None
     if ckpt_path and rank0:
         print(f"{cfg.run_id}: resuming from {last}")
-    preempted = False
+    signum = None
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    except PreemptionRequested as e:  # every rank, after the same batch, last.ckpt saved (see PreemptionCheckpoint)
+        signum = e.signum
+    except SIGTERMException:  # a SIGTERM before training started (Lightning's handler): nothing new to save
+        signum = signal.SIGTERM
     except NonFiniteLossError as e:
         trainer.save_checkpoint(ckpt_dir / "failed.ckpt")
         if not rank0:
@@ -177,14 +170,8 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         store.set_status(cfg.run_id, "failed", str(e))
         _finish(logger, exit_code=1)
         raise RunFailed(f"{cfg.run_id}: {e}; state saved to {ckpt_dir / 'failed.ckpt'}") from None
-    except SIGTERMException:  # raised on every rank after the same batch; PreemptionCheckpoint saved last.ckpt
-        preempted = True
-    finally:
-        if old_usr1 is not None:
-            signal.signal(signal.SIGUSR1, old_usr1)
-    # A signal after the last batch lets fit end normally: the run is finished, not preempted.
-    if preempted:
-        signum = received.get("signum", signal.SIGTERM)
+    # A signal after the last training batch lets fit end normally: the run is finished, not preempted.
+    if signum is not None:
         if not rank0:
             print(f"{cfg.run_id}: rank {trainer.global_rank} stopped by signal {signum}", file=sys.stderr)
             return PretrainResult(cfg.run_id, run_dir, "worker")

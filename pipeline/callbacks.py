@@ -52,17 +52,32 @@ class PreemptionCheckpoint(pl.Callback):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.signum: int | None = None
+        self._previous: dict = {}
 
     def _record(self, signum, frame):
         if self.signum is None:
             self.signum = signum
 
-    def on_train_start(self, trainer, pl_module):
+    def _set_handlers(self) -> dict:
         if threading.current_thread() is not threading.main_thread():
-            return
-        for name in self.SIGNALS:
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self._record)
+            return {}
+        return {sig: signal.signal(sig, self._record)
+                for sig in (getattr(signal, name) for name in self.SIGNALS if hasattr(signal, name))}
+
+    def install(self) -> None:
+        """Record the signals from now on (call before fit: a signal during set-up stops the run at its first
+        batch instead of killing it); `uninstall` puts the previous handlers back."""
+        self._previous = self._set_handlers()
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self._set_handlers()  # fit has put Lightning's SIGTERM handler in place; it restores ours when fit ends
+        if getattr(trainer, "received_sigterm", False):  # a SIGTERM that Lightning's handler caught meanwhile
+            self._record(signal.SIGTERM, None)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         stop = self.signum is not None

@@ -3,31 +3,21 @@ with DDP and probes on rank 0: it completes, the results store holds one run wit
 offline W&B run exists, and the data was sharded by Lightning's DistributedSampler."""
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from pipeline.store import ResultsStore
+from tests.test_ddp_support import REPO, cli_env, smoke_workspace
 
-REPO = Path(__file__).resolve().parents[1]
 DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 
 
-def _env(ws: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_SWEEP", "WANDB_RUN", "INFMASK_"))}
-    env.update(INFMASK_ROOT=str(ws), WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    # a stray rank variable from an outer launcher would make this process think it is a worker
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path):
-    ws = tmp_path / "ws"
+def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_path_factory):
+    ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
     cmd = [sys.executable, "-m", "pipeline", "trial", "--benchmark=trifeatures", "--method=infmasking",
            "--preset=smoke", "--seed=42", "--trainer.max_epochs=1", *(f"--{o}" for o in DDP)]
-    run = subprocess.run(cmd, cwd=REPO, env=_env(ws), capture_output=True, text=True, timeout=400)
+    run = subprocess.run(cmd, cwd=REPO, env=cli_env(ws), capture_output=True, text=True, timeout=400)
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-6000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log, log[-3000:]   # the second rank really ran
@@ -66,3 +56,21 @@ def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path):
     assert ckpt["global_step"] in (per_rank // bs, math.ceil(per_rank / bs)), (ckpt["global_step"], n, bs)
     assert ckpt["global_step"] < math.ceil(n / bs)   # fewer steps than one process over the whole set
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
+
+
+def test_a_second_script_launched_ddp_fit_in_one_process_is_refused(tmp_path, monkeypatch):
+    """Lightning's `ddp` launcher starts the other ranks by re-running the command once; a second DDP fit in the
+    same process (e.g. the second run of `infmask run`) would wait for ranks that never come: a clear exit 2."""
+    import pytest
+
+    from pipeline.config import build_config
+    from pipeline.errors import UsageError
+    from pipeline.stages import pretrain as stage
+    from pipeline.workspace import Workspace
+
+    monkeypatch.setattr(stage, "_LAUNCHED_RANKS", True)
+    cfg = build_config("trifeatures", "infmasking", "smoke", seed=42, overrides=DDP)
+    ws = Workspace.open(tmp_path / "ws")
+    with pytest.raises(UsageError, match="ddp_spawn"):
+        stage.pretrain(cfg, ws)
+    assert not (ws.runs).exists()   # refused before anything was written

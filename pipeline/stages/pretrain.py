@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import build_config
-from ..errors import Preempted, RunFailed
+from ..errors import Preempted, RunFailed, UsageError
 from ..store import ResultsStore
 from ..workspace import Workspace, atomic_write_text
 
@@ -56,6 +56,11 @@ def _trainer_settings(cfg) -> dict:
                 limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
                 deterministic=t.deterministic, num_sanity_val_steps=0, inference_mode=False,
                 use_distributed_sampler=True, benchmark=False)
+
+
+# Set once this process has started DDP ranks with Lightning's script launcher (strategy=ddp, no cluster launcher):
+# those ranks ran this command once and have exited, so a second DDP fit here would wait for ranks that never come.
+_LAUNCHED_RANKS = False
 
 
 @contextmanager
@@ -94,12 +99,13 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
+    preemption = PreemptionCheckpoint(last)
     callbacks = [telemetry, MetricsFileCallback(cfg.run_id, run_dir, store, telemetry),
                  # last.ckpt at every epoch end. Not save_last=True with save_top_k=0: since Lightning 2.6 that
                  # writes last.ckpt only when training ends, so a killed run would restart from scratch.
                  ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
                                  enable_version_counter=False),
-                 PreemptionCheckpoint(last)]
+                 preemption]
     monitor = f"probe/val/{cfg.probe.monitor}"
     if cfg.probe.every_n_epochs > 0:
         callbacks.append(ValProbeCallback(cfg, store, ckpt_dir / "best.ckpt"))
@@ -115,6 +121,11 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
                          enable_model_summary=False, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
                          **_trainer_settings(cfg))
     rank0 = trainer.global_rank == 0
+    global _LAUNCHED_RANKS
+    if _LAUNCHED_RANKS and trainer.world_size > 1:
+        raise UsageError("trainer.strategy=ddp starts the other ranks by running this command again, so one command "
+                         "can train one DDP run; for several runs in one command use trainer.strategy=ddp_spawn, "
+                         "or run `infmask pretrain` / `infmask trial` once per run")
 
     salt = ""
     if rank0:
@@ -157,11 +168,13 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if ckpt_path and rank0:
         print(f"{cfg.run_id}: resuming from {last}")
     signum = None
+    preemption.install()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        _LAUNCHED_RANKS = _LAUNCHED_RANKS or bool(getattr(trainer.strategy.launcher, "procs", None))
     except PreemptionRequested as e:  # every rank, after the same batch, last.ckpt saved (see PreemptionCheckpoint)
         signum = e.signum
-    except SIGTERMException:  # a SIGTERM before training started (Lightning's handler): nothing new to save
+    except SIGTERMException:  # a SIGTERM Lightning's handler caught before training started: nothing new to save
         signum = signal.SIGTERM
     except NonFiniteLossError as e:
         trainer.save_checkpoint(ckpt_dir / "failed.ckpt")
@@ -170,6 +183,8 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         store.set_status(cfg.run_id, "failed", str(e))
         _finish(logger, exit_code=1)
         raise RunFailed(f"{cfg.run_id}: {e}; state saved to {ckpt_dir / 'failed.ckpt'}") from None
+    finally:
+        preemption.uninstall()
     # A signal after the last training batch lets fit end normally: the run is finished, not preempted.
     if signum is not None:
         if not rank0:

@@ -24,8 +24,9 @@ def run_cli(args) -> int:
     variants = spec.get("run_variants") or [{}]
     ws = Workspace.open()
     # validate everything before any work starts
+    # seed-major order: an interrupted run leaves complete tables with fewer seeds, not missing columns
     configs = [build_config(args.benchmark, m, args.preset, seed=s, overrides={**v, **_ov(args.overrides)})
-               for v in variants for m in methods for s in seeds]
+               for s in seeds for v in variants for m in methods]
     from .data_stages import ensure_data
     from .pretrain import pretrain
     from .probe import probe

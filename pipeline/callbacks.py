@@ -164,7 +164,7 @@ class ValProbeCallback(pl.Callback):
             per_task = {}
             for task, kind in dm.tasks.items():
                 res = probing.holdout_select_and_fit(kind, (train[0], train[1][task]), p.costs, p.fastsearch,
-                                                     p.max_iter)
+                                                     p.max_iter, standardize=p.standardize)
                 per_task[task] = probing.evaluate(kind, res, (val[0], val[1][task]))
             results = {"per_task": per_task, "mean": probing.mean_over_tasks(per_task)}
         results = trainer.strategy.broadcast(results, src=0)

@@ -121,6 +121,7 @@ class ProbeConfig:
     fastsearch: bool = False             # coarse grid only (no bisection refinement)
     max_iter: int = 100
     max_train_samples: Any = None        # cap on train features for the per-epoch probe (speed)
+    standardize: bool = True             # z-score features with train statistics (reference: False, raw features)
 
 
 @dataclass

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.store import ResultsStore
 from tests.test_ddp_support import REPO, cli_env, smoke_workspace
 
@@ -41,6 +43,11 @@ def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_pat
     wandb_runs = sorted((ws / "wandb").glob("offline-run-*"))
     assert len(wandb_runs) == 1, wandb_runs
     assert wandb_runs[0].name.endswith(runs[0]["wandb_run_id"])
+    inspect = subprocess.run([str(Path(sys.executable).with_name("wandb")), "leet", "inspect", "--summary", "--json",
+                              str(wandb_runs[0])], capture_output=True, text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    summary = json.loads(inspect.stdout)["summary"]   # training curves and the final probe, in the one run
+    assert {"train/loss", "probe/val/acc1", "probe/test/synergy/acc1"} <= set(summary), sorted(summary)
 
     # sharding: each rank saw about half of the training set, so the step count is that of the half
     from pipeline.stages.data_stages import datamodule_for
@@ -61,8 +68,6 @@ def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_pat
 def test_a_second_script_launched_ddp_fit_in_one_process_is_refused(tmp_path, monkeypatch):
     """Lightning's `ddp` launcher starts the other ranks by re-running the command once; a second DDP fit in the
     same process (e.g. the second run of `infmask run`) would wait for ranks that never come: a clear exit 2."""
-    import pytest
-
     from pipeline.config import build_config
     from pipeline.errors import UsageError
     from pipeline.stages import pretrain as stage

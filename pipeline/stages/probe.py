@@ -83,12 +83,13 @@ def probe(ckpt_path: Path, ws: Workspace, *, force: bool = False, keep_wandb_run
     for task, kind in dm.tasks.items():
         train = (feats["train"][0], feats["train"][1][task])
         if p.protocol == "reference":
-            res = probing.holdout_select_and_fit(kind, train, p.costs, p.fastsearch, p.max_iter)
+            res = probing.holdout_select_and_fit(kind, train, p.costs, p.fastsearch, p.max_iter,
+                                                 standardize=p.standardize)
             vsplit = probe_split(dm, "val", p.protocol)
             res.val = probing.score(kind, res.model, feats[vsplit][0], feats[vsplit][1][task])
         else:
             res = probing.select_and_fit(kind, train, (feats["val"][0], feats["val"][1][task]), p.costs,
-                                         p.fastsearch, p.max_iter)
+                                         p.fastsearch, p.max_iter, standardize=p.standardize)
         per_val[task], costs[task] = res.val, res.cost
         per_test[task] = probing.evaluate(kind, res, (feats["test"][0], feats["test"][1][task]))  # once, at the end
     mean_val, mean_test = probing.mean_over_tasks(per_val), probing.mean_over_tasks(per_test)

@@ -9,7 +9,9 @@
 # yaml, h5py (in the image per KINDS.md). kornia is not in the image and nothing can be fetched there: its wheels
 # travel in gpu_wheels/ (untracked, not ignored) and are unpacked into /tmp/site. wandb is not in the image either:
 # the telemetry read-back then uses a CSV logger in place of the offline W&B run (same gpu/ and perf/ keys).
+# Dry run on a CPU machine: ALLOW_CPU=1 PRESET=smoke BUDGET=600 bash gpu_check.sh (NO_WANDB=1: the CSV path).
 set -u
+PRESET=${PRESET:-paper}
 REPO=$(cd "$(dirname "$0")" && pwd)
 cd "$REPO"
 OUT=${OUT:-$REPO/gpu_out}
@@ -43,7 +45,7 @@ step() {
 PY=""
 for c in python3 /opt/torch/.venv/bin/python3 python /usr/bin/python3 /usr/local/bin/python3; do
   command -v "$c" > /dev/null 2>&1 || continue
-  if timeout 60 "$c" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" > /dev/null 2>&1; then
+  if timeout 60 "$c" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() or '${ALLOW_CPU:-}' else 1)" > /dev/null 2>&1; then
     PY=$(command -v "$c"); break
   fi
 done
@@ -84,7 +86,7 @@ sed 's/^/      /' "$OUT/env.txt" | tee -a "$SUMMARY" > /dev/null
   && say "project imports OK" || say "project imports FAILED (see log.txt)"
 
 # --------------------------------------------------------------- 1. acceptance: paper config, B=64, >= 3x
-step bench_paper 100 "$PY" -m pipeline bench trifeatures --method infmasking --preset paper --steps 5 --warmup 2 \
+step bench_paper 100 "$PY" -m pipeline bench trifeatures --method infmasking --preset "$PRESET" --steps 5 --warmup 2 \
   --json "$OUT/bench_gpu.json"
 
 # ------------------------------------------- 2. GPU smoke pretrain: telemetry keys (gpu/, perf/) read back
@@ -98,6 +100,8 @@ from pipeline.workspace import Workspace
 import pipeline.stages.pretrain as pt
 import pipeline.tracking as tr
 try:
+    if os.environ.get("NO_WANDB"):
+        raise ImportError("NO_WANDB set")
     import wandb  # noqa: F401
     os.environ.setdefault("WANDB_MODE", "offline")
     how = "offline W&B run (files/wandb-summary.json)"
@@ -131,10 +135,10 @@ print(json.dumps(rep, indent=1))
 EOF
 
 # ----------------------------------------------- 3. each optimisation on the GPU, and the fusion savings
-step bench_extras 60 "$PY" -m pipeline bench trifeatures --method infmasking --preset paper --steps 3 --warmup 1 \
+step bench_extras 60 "$PY" -m pipeline bench trifeatures --method infmasking --preset "$PRESET" --steps 3 --warmup 1 \
   --compare none --no-baseline --optimisations --savings --json "$OUT/bench_gpu_extras.json"
 # ------------------------------------------------------------ 4. the same acceptance ratio in float32
-step bench_fp32 60 "$PY" -m pipeline bench trifeatures --method infmasking --preset paper --steps 3 --warmup 2 \
+step bench_fp32 60 "$PY" -m pipeline bench trifeatures --method infmasking --preset "$PRESET" --steps 3 --warmup 2 \
   trainer.precision=32-true --json "$OUT/bench_gpu_fp32.json"
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -143,6 +143,11 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = datamodule_for(cfg, ws)
     model = build_method(cfg.to_dict())
+    if trainer.world_size > 1:
+        # Same initial weights on every rank (and DDP broadcasts rank 0's anyway); from here on the augmentation and
+        # masking draws differ per rank, or every rank would apply the same crops and masks to its own samples. The
+        # sampler's shuffle seed (PL_GLOBAL_SEED, set by seed_everything) stays shared, as sharding requires.
+        torch.manual_seed(cfg.seed + trainer.global_rank)
 
     logger = False
     resume_id = None

@@ -113,8 +113,11 @@ class BenchmarkDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.ssl_dataset("train")
-        # The projection head's BatchNorm cannot train on a last batch of one sample; drop only that case.
-        drop_last = self.drop_last or len(ds) % self.batch_size == 1
+        # The projection head's BatchNorm cannot train on a last batch of one sample; drop only that case,
+        # judged on what one rank sees (a DistributedSampler gives each rank ceil(N / world) samples).
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        per_rank = -(-len(ds) // max(1, world))
+        drop_last = self.drop_last or per_rank % self.batch_size == 1
         return self._loader(ds, shuffle=True, drop_last=drop_last)
 
     def val_dataloader(self):

@@ -581,7 +581,32 @@ def optimisations(cfg, method, batches, device, reps: int = 3) -> dict:
         res["speedup"] = round(res["fp32_s"] / res["bf16_s"], 2)
         out["bf16_autocast"] = res
         method.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            out["host_syncs_per_forward_backward"] = _count_syncs(lambda: run(nullcontext())())
     return out
+
+
+def _count_syncs(fn) -> dict:
+    """CUDA: the host-device synchronisations one call makes (torch's sync debug mode), by source line."""
+    import warnings
+
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = {}
+    for w in caught:
+        if "synchroniz" in str(w.message).lower():
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+    return {"count": sum(where.values()), "where": where}
 
 
 # --------------------------------------------------------------------------------------------------- main

@@ -209,6 +209,11 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if not best.exists():
         shutil.copyfile(last, best)  # no per-epoch probe: the last epoch is the best we know
     store.set_status(cfg.run_id, "finished")
+    if preemption.signum is not None:
+        # Signalled after the last training batch (e.g. during the final validation probe): the run is complete
+        # and recorded as such, but the process still stops, so `run`/`trial` do not start more work.
+        _finish(logger, exit_code=128 + preemption.signum)
+        raise Preempted(preemption.signum)
     if not keep_wandb_open:
         _finish(logger)
     return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)

@@ -145,3 +145,21 @@ def test_phase_split_rejects_other_methods():
     cfg["model"]["cross_proj_dim"] = 8
     with pytest.raises(ValueError, match="method"):
         fast_forward(build_method(cfg), make_batch([TAB, SEQ], 4, torch.float32))
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    """bf16-mixed (the GPU default) keeps loss parity: the losses upcast their inputs and switch autocast off, so
+    on bf16 inputs they give float32 results equal to the float32 computation on the same values."""
+    from models.losses import comm_loss, infmasking_loss
+
+    g = torch.Generator().manual_seed(0)
+    z1 = [torch.randn(16, 8, generator=g).bfloat16() for _ in range(3)]
+    z2 = [torch.randn(16, 8, generator=g).bfloat16() for _ in range(3)]
+    k1, k2 = torch.randn(4, 16, 8, generator=g).bfloat16(), torch.randn(4, 16, 8, generator=g).bfloat16()
+    expect = infmasking_loss([z.float() for z in z1], [z.float() for z in z2], k1.float(), k2.float(), 0.1, 0.5)
+    expect_comm = comm_loss([z.float() for z in z1], [z.float() for z in z2], 0.1)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = infmasking_loss(z1, z2, k1, k2, 0.1, 0.5)
+        got_comm = comm_loss(z1, z2, 0.1)
+    assert got["loss"].dtype == torch.float32 and got_comm["loss"].dtype == torch.float32
+    assert torch.equal(got["loss"], expect["loss"]) and torch.equal(got_comm["loss"], expect_comm["loss"])

@@ -9,17 +9,22 @@ Formulations (each its own copy of the same initial weights and its own AdamW):
 * fast: the method's own training step (`compute_loss`, backward, optimiser step), as `infmask pretrain` runs it.
 * straightforward (InfMasking and CoMM): the reference's computation, `models.step_phases.straightforward_forward`.
 * comm (`--compare comm`, the default for InfMasking): CoMM's fast step at the same config, for the cost of masking.
+* fast_eager (with trainer.compile=True): the fast step without torch.compile, for the compile speed-up.
 
 A step = host-to-device copy and batch augmentation of the uint8 batch, forward, backward, optimiser step.
 `step_s` is the median wall time over `--steps` steps after `--warmup`, synchronising the device only after the
-augmentation and at the end of a step; `model_step_s` leaves the augmentation out (the same code in every
-formulation; the reference augments in loader workers, beside the step, so its step time leaves it out too). The breakdown comes from separate instrumented steps that synchronise after every phase (on CPU the
-straightforward step needs no separate run: its phases are timed in place); for the fast step the fusion of the
-unmasked subsets and of the masked views then run as two passes instead of one, so its breakdown total is a little
-above its `step_s`. Peak memory: CUDA, torch.cuda.max_memory_allocated during the timed steps (over what was
-allocated before each step, and absolute); CPU, freed memory stays resident, so each formulation runs one more
-step in a fresh process: peak resident set during that first step (the kernel's VmHWM mark, reset before it) over
-the resident set once the model and the raw batch are built (ru_maxrss growth where VmHWM cannot be reset).
+augmentation and at the end of a step. `model_step_s` leaves the augmentation out: it is the same code in every
+formulation, and the reference augments in loader workers beside the step.
+
+The breakdown comes from separate instrumented steps that synchronise after every phase (on CPU the
+straightforward step needs no separate run: its phases are timed in place). There the fast step fuses the
+unmasked subsets and the masked views in two passes instead of one, so its breakdown total is a little above its
+`step_s`.
+
+Peak memory: CUDA, torch.cuda.max_memory_allocated during the timed steps (over what was allocated before each
+step, and absolute). CPU: freed memory stays resident, so each formulation runs one more step in a fresh
+process: the peak resident set during that first step (the kernel's VmHWM mark, reset before it) over the
+resident set once the model and the raw batch are built (ru_maxrss growth where VmHWM cannot be reset).
 
 By default the batch is synthetic uint8 data of the config's shape (no dataset needed); `--data` takes the first
 batch of the real training loader (downloading and preprocessing like `infmask pretrain`).
@@ -357,9 +362,9 @@ def make_runner(name: str, cfg, device, precision: str) -> "_Runner":
             raise UsageError(f"no straightforward formulation of {cfg.method}; use --no-baseline")
         fwd = (lambda b, mark, m=method: step_phases.straightforward_forward(m, b, mark))
         return _Runner(name, method, fwd, fwd, split_is_real=True)
-    if name not in ("fast", "comm"):
+    if name not in ("fast", "comm", "fast_eager"):
         raise ValueError(f"unknown formulation {name!r}")
-    if cfg.trainer.compile:
+    if cfg.trainer.compile and name != "fast_eager":
         _compile_encoders(method)
     split = (lambda b, mark, m=method: step_phases.fast_forward(m, b, mark)) if split_ok else None
     return _Runner(name, method, lambda b, mark, m=method: m.compute_loss(b), split, split_is_real=False)
@@ -650,6 +655,8 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
     load_start = _loadavg()
     batches = _Batches(cfg, dev, real_data)
     names = ["fast"] + (["straightforward"] if baseline else []) + (["comm"] if compare_comm else [])
+    if cfg.trainer.compile:     # the same fast step without torch.compile, for the compile speed-up
+        names.append("fast_eager")
     runners = [make_runner(n, cfg, dev, precision) for n in names]
     autocast = _autocast(precision, dev)
     # CUDA: the allocator's peak, in this process. CPU: freed memory stays resident, so one formulation's peak
@@ -694,6 +701,8 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         res["infmasking_over_comm"] = round(res["fast"]["step_s"] / res["comm"]["step_s"], 3)
         res["infmasking_over_comm_cpu_time"] = round(res["fast"]["step_cpu_s"] / res["comm"]["step_cpu_s"], 3)
         res["infmasking_over_comm_model"] = round(res["fast"]["model_step_s"] / res["comm"]["model_step_s"], 3)
+    if "fast_eager" in res:
+        res["compile_speedup"] = round(res["fast_eager"]["step_s"] / res["fast"]["step_s"], 3)
     if savings and cfg.method == "infmasking":
         log("  fusion savings ...")
         res["fusion_savings"] = fusion_savings(runners[0].method, batches, dev)
@@ -707,7 +716,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
 
 
 def format_report(res: dict) -> str:
-    names = [n for n in ("fast", "straightforward", "comm") if n in res]
+    names = [n for n in ("fast", "straightforward", "comm", "fast_eager") if n in res]
     lines = [f"{res['benchmark']}/{res['method']}/{res['preset']}  B={res['batch_size']}  {res['device']} "
              f"({res['device_name']})  {res['precision']}  threads={res['threads']}  load={res['load_avg']}",
              f"data: {res['data']}"]
@@ -730,6 +739,8 @@ def format_report(res: dict) -> str:
         lines.append(f"InfMasking / CoMM step time: {res['infmasking_over_comm']}x "
                      f"(CPU time {res['infmasking_over_comm_cpu_time']}x; without augmentation "
                      f"{res['infmasking_over_comm_model']}x)")
+    if "compile_speedup" in res:
+        lines.append(f"torch.compile (encoders) speed-up: {res['compile_speedup']}x")
     for key in ("fusion_savings", "loss_savings", "optimisations"):
         if key in res:
             lines.append(f"{key}: {json.dumps(res[key])}")

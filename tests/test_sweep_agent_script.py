@@ -28,7 +28,9 @@ def fake_path(tmp_path):
     (bin_dir / "wandb").write_text(FAKE_WANDB)
     (bin_dir / "wandb").chmod(0o755)
     # `python` must be one that imports pipeline and wandb (the venv's); nvidia-smi must not be found
-    os.symlink(sys.executable, bin_dir / "python")
+    # a wrapper, not a symlink: a symlinked interpreter does not find the venv's pyvenv.cfg
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     return f"{bin_dir}:/usr/bin:/bin"
 
 

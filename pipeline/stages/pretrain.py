@@ -154,7 +154,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if rank0:
         resume_id = (previous or {}).get("wandb_run_id") if last.exists() and not force else None
         resume_id = resume_id or wandb_id(cfg, "pretrain", salt)
-        logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
+        logger, resume_id = _start_logger(cfg, ws, resume_id)
         if logger:
             trainer.logger = logger
     if cfg.trainer.compile:
@@ -217,6 +217,31 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if not keep_wandb_open:
         _finish(logger)
     return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)
+
+
+def _start_logger(cfg, ws, resume_id: str, attempts: int = 6, wait_s: float = 5.0):
+    """Create the W&B logger and its run now (not lazily inside fit). After a kill -9 the killed process's
+    wandb-core may hold the run id for a few seconds ("run ID ... is in use"): wait for it, and if it never lets
+    go, continue under a fresh id rather than fail the resumed run."""
+    from ..tracking import make_logger
+
+    for attempt in range(attempts):
+        logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
+        if not logger:
+            return logger, resume_id
+        try:
+            logger.experiment  # noqa: B018  (starts the run)
+            return logger, resume_id
+        except Exception as e:
+            if "in use" not in str(e):
+                raise
+            print(f"{cfg.run_id}: W&B run id {resume_id} still held by a previous process; waiting",
+                  file=sys.stderr)
+            if attempt == attempts - 2:
+                resume_id = f"{resume_id}-{int(time.time())}"[-64:]
+            else:
+                time.sleep(wait_s)
+    raise RuntimeError(f"could not start a W&B run for {cfg.run_id}")
 
 
 def _finish(logger, exit_code: int = 0):

@@ -458,22 +458,20 @@ class MultimodalEncoder(nn.Module):
         n = self.n_modalities
         return [[m] for m in range(n)] + [list(range(n))]
 
-    def forward_copies(self, copies: Sequence[Sequence], masked: bool = True,
-                       generator: Optional[torch.Generator] = None, keep: Optional[list] = None) -> list:
-        """FusionOutput per copy (SSL path). `keep` optionally gives the keep masks (one bool (T, C*B, L_S) per
-        masked subset, in subset order) instead of drawing them, for tests and the reference comparison."""
-        tokens, padding, lengths, sizes = self.tokenize(copies)
-        if not self.mask_padding:
-            padding = None
+    def subset_positions(self, lengths: Sequence[int]) -> list:
+        """Token positions of each subset in the concatenated table (None = all of them, the full set)."""
         offsets = [0]
         for length in lengths:
             offsets.append(offsets[-1] + length)
-        subset_pos = [None if len(s) == self.n_modalities else
-                      [p for m in s for p in range(offsets[m], offsets[m + 1])] for s in self.subsets()]
+        return [None if len(s) == self.n_modalities else
+                [p for m in s for p in range(offsets[m], offsets[m + 1])] for s in self.subsets()]
+
+    def mask_jobs(self, tokens: torch.Tensor, lengths: Sequence[int], subset_pos: list, masked: bool,
+                  generator: Optional[torch.Generator] = None, keep: Optional[list] = None) -> tuple[list, list]:
+        """(masked subset ids, fusion jobs): fresh keep masks for the full set only (or every subset with
+        `mask_all_subsets`), or the given `keep` masks."""
         n_sub = len(subset_pos)
-        masked_ids = []
-        if masked:
-            masked_ids = list(range(n_sub)) if self.mask_all_subsets else [n_sub - 1]
+        masked_ids = (list(range(n_sub)) if self.mask_all_subsets else [n_sub - 1]) if masked else []
         jobs = []
         for j, i in enumerate(masked_ids):
             sub_lengths = [lengths[m] for m in self.subsets()[i]]
@@ -484,17 +482,32 @@ class MultimodalEncoder(nn.Module):
                                  self.keep_rounding, generator, tokens.device)
             n_keep = sum(keep_count(length, self.mask_ratio, self.keep_rounding) for length in sub_lengths)
             jobs.append((subset_pos[i], k, n_keep))
-        z, zm = self.fusion.fuse(tokens, padding, subset_pos, jobs, fast=self.fast_fusion)
-        outs = []
-        start = 0
+        return masked_ids, jobs
+
+    @staticmethod
+    def split_copies(z: list, zm: list, masked_ids: list, sizes: Sequence[int]) -> list:
+        """Per-copy FusionOutputs from outputs computed on the copies stacked along the batch axis."""
+        outs, start = [], 0
         for size in sizes:
             sl = slice(start, start + size)
-            m_out = [None] * n_sub
+            m_out = [None] * len(z)
             for i, t in zip(masked_ids, zm):
                 m_out[i] = t[:, sl]
             outs.append(FusionOutput([t[sl] for t in z], m_out))
             start += size
         return outs
+
+    def forward_copies(self, copies: Sequence[Sequence], masked: bool = True,
+                       generator: Optional[torch.Generator] = None, keep: Optional[list] = None) -> list:
+        """FusionOutput per copy (SSL path). `keep` optionally gives the keep masks (one bool (T, C*B, L_S) per
+        masked subset, in subset order) instead of drawing them, for tests and the reference comparison."""
+        tokens, padding, lengths, sizes = self.tokenize(copies)
+        if not self.mask_padding:
+            padding = None
+        subset_pos = self.subset_positions(lengths)
+        masked_ids, jobs = self.mask_jobs(tokens, lengths, subset_pos, masked, generator, keep)
+        z, zm = self.fusion.fuse(tokens, padding, subset_pos, jobs, fast=self.fast_fusion)
+        return self.split_copies(z, zm, masked_ids, sizes)
 
     def forward(self, x: Sequence, masked: bool = True, generator: Optional[torch.Generator] = None) -> FusionOutput:
         return self.forward_copies([x], masked=masked, generator=generator)[0]

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .fusion import FusionOutput, keep_count, random_keep_mask
+from .fusion import random_keep_mask
 from .losses import comm_loss, infmasking_loss
 from .reference_impl import reference_infmasking_loss, reference_nt_xent
 
@@ -38,14 +38,6 @@ def _is_infmasking(method) -> bool:
     return name == "InfMasking"
 
 
-def _subset_positions(enc, lengths: list) -> list:
-    offsets = [0]
-    for length in lengths:
-        offsets.append(offsets[-1] + length)
-    return [None if len(s) == enc.n_modalities else
-            [p for m in s for p in range(offsets[m], offsets[m + 1])] for s in enc.subsets()]
-
-
 def fast_forward(method, batch: dict, mark: Callable[[str], None] = _noop,
                  keep: Optional[list] = None) -> dict:
     """The method's own loss on `batch`, phase by phase (see module docstring). `keep` as in
@@ -57,33 +49,13 @@ def fast_forward(method, batch: dict, mark: Callable[[str], None] = _noop,
     if not enc.mask_padding:
         padding = None
     mark("encoders")
-    subset_pos = _subset_positions(enc, lengths)
-    n_sub = len(subset_pos)
+    subset_pos = enc.subset_positions(lengths)
     z, _ = enc.fusion.fuse(tokens, padding, subset_pos, [], fast=enc.fast_fusion)
     mark("fusion_unmasked")
-    masked_ids, zm = [], []
-    if masked:
-        masked_ids = list(range(n_sub)) if enc.mask_all_subsets else [n_sub - 1]
-        jobs = []
-        for j, i in enumerate(masked_ids):
-            sub_lengths = [lengths[m] for m in enc.subsets()[i]]
-            if keep is not None:
-                jobs.append((subset_pos[i], keep[j]))
-                continue
-            k = random_keep_mask(enc.num_mask, tokens.shape[0], sub_lengths, enc.mask_ratio, enc.keep_rounding,
-                                 None, tokens.device)
-            n_keep = sum(keep_count(length, enc.mask_ratio, enc.keep_rounding) for length in sub_lengths)
-            jobs.append((subset_pos[i], k, n_keep))
-        _, zm = enc.fusion.fuse(tokens, padding, [], jobs, fast=enc.fast_fusion)
+    masked_ids, jobs = enc.mask_jobs(tokens, lengths, subset_pos, masked, None, keep)
+    zm = enc.fusion.fuse(tokens, padding, [], jobs, fast=enc.fast_fusion)[1] if masked else []
     mark("fusion_masked")
-    outs, start = [], 0
-    for size in sizes:
-        sl = slice(start, start + size)
-        m_out = [None] * n_sub
-        for i, t in zip(masked_ids, zm):
-            m_out[i] = t[:, sl]
-        outs.append(FusionOutput([t[sl] for t in z], m_out))
-        start += size
+    outs = enc.split_copies(z, zm, masked_ids, sizes)
     m = method.hparams_model
     if masked:
         (z1, z2), (m1, m2) = method.project(outs)
@@ -95,6 +67,7 @@ def fast_forward(method, batch: dict, mark: Callable[[str], None] = _noop,
         blocks = outs[0].z + outs[1].z
         h = method.head(torch.cat(blocks), groups=len(blocks)).split(blocks[0].shape[0])
         mark("head")
+        n_sub = len(outs[0].z)
         out = comm_loss(list(h[:n_sub]), list(h[n_sub:]), float(m["temperature"]), weights=m["weights"])
     mark("loss")
     return out

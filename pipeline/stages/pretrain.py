@@ -219,10 +219,10 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)
 
 
-def _start_logger(cfg, ws, resume_id: str, attempts: int = 6, wait_s: float = 5.0):
+def _start_logger(cfg, ws, resume_id: str, attempts: int = 20, wait_s: float = 5.0):
     """Create the W&B logger and its run now (not lazily inside fit). After a kill -9 the killed process's
-    wandb-core may hold the run id for a few seconds ("run ID ... is in use"): wait for it, and if it never lets
-    go, continue under a fresh id rather than fail the resumed run."""
+    wandb-core may hold the run id for a while ("run ID ... is in use"; seen for more than 20 s): wait up to
+    about 90 s, and if it never lets go, continue under a fresh id rather than fail the resumed run."""
     from ..tracking import make_logger
 
     for attempt in range(attempts):

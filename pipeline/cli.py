@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        # A program gets its own W&B service, as `wandb agent` gives its children: an inherited WANDB_SERVICE
+        # would attach us to the parent's service, which still holds the streams of any child killed earlier
+        # ("run ID ... is in use" when a killed run resumes).
+        os.environ.pop("WANDB_SERVICE", None)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

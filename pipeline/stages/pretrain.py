@@ -219,10 +219,10 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)
 
 
-def _start_logger(cfg, ws, resume_id: str, attempts: int = 20, wait_s: float = 5.0):
-    """Create the W&B logger and its run now (not lazily inside fit). After a kill -9 the killed process's
-    wandb-core may hold the run id for a while ("run ID ... is in use"; seen for more than 20 s): wait up to
-    about 90 s, and if it never lets go, continue under a fresh id rather than fail the resumed run."""
+def _start_logger(cfg, ws, resume_id: str, attempts: int = 4, wait_s: float = 3.0):
+    """Create the W&B logger and its run now (not lazily inside fit). A W&B service shared with a killed process
+    may still hold the run id ("run ID ... is in use"; the CLI gives each program its own service to avoid it):
+    retry briefly, then continue under a fresh id rather than fail the resumed run."""
     from ..tracking import make_logger
 
     for attempt in range(attempts):

@@ -88,9 +88,14 @@ class FastColorJitter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, dev = x.shape[0], x.device
         apply = torch.rand(B, device=dev) < self.p
-        if not bool(apply.any()):
-            return x
-        y = x[apply]
+        on_cpu = dev.type == "cpu"
+        if on_cpu:    # jitter only the chosen samples; elsewhere all of them and select (no host sync)
+            idx = apply.nonzero().flatten()
+            if idx.numel() == 0:
+                return x
+            y = x[idx]
+        else:
+            y = x
         n = y.shape[0]
 
         def factor(spread):
@@ -111,29 +116,180 @@ class FastColorJitter(nn.Module):
                 shift = ((torch.rand(n, device=dev) * 2 - 1) * self.h).view(n, 1, 1)
                 hsv = torch.cat([((hsv[:, 0] + shift) % 1.0).unsqueeze(1), hsv[:, 1:]], 1)
                 y = hsv_to_rgb(hsv)
+        if not on_cpu:
+            return torch.where(apply.view(B, 1, 1, 1), y, x)
         out = x.clone()
-        out[apply] = y
+        out[idx] = y
         return out
+
+
+def _uniform(n: int, lo: float, hi: float, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, device=device)
+
+
+class FastRandomResizedCropFlip(nn.Module):
+    """RandomResizedCrop (torchvision's box sampling: 10 tries of area ~ U(scale)·H·W and log-ratio ~
+    U(log 3/4, log 4/3), first box that fits, else the centre fallback) followed by a horizontal flip with p = 0.5,
+    as one batched ``grid_sample`` with a per-sample affine grid: the flip is a sign in the grid, so it costs nothing.
+
+    Resampling is bilinear at pixel centres (``align_corners=False``), without antialiasing, as kornia's and
+    torchvision's tensor crops; pixels just outside a box may feed its edge rows, where a slice-then-resize clamps.
+    Everything stays on the batch's device and nothing is read back to the host (no synchronisation on a GPU).
+    """
+
+    tries = 10
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p: float = 0.5):
+        super().__init__()
+        if not (0 < scale[0] <= scale[1] <= 1):
+            raise ValueError(f"scale: must satisfy 0 < min <= max <= 1, got {scale}")
+        if not (0 < ratio[0] <= ratio[1]):
+            raise ValueError(f"ratio: must satisfy 0 < min <= max, got {ratio}")
+        self.size, self.scale, self.ratio, self.flip_p = int(size), tuple(scale), tuple(ratio), float(flip_p)
+
+    def boxes(self, B: int, H: int, W: int, device) -> torch.Tensor:
+        """(B, 4) float boxes (top, left, height, width) in pixels, integer-valued."""
+        import math
+
+        n = B * self.tries
+        area = _uniform(n, *self.scale, device) * (H * W)
+        logr = _uniform(n, math.log(self.ratio[0]), math.log(self.ratio[1]), device)
+        r = torch.exp(logr)
+        w = torch.round(torch.sqrt(area * r)).view(B, self.tries)
+        h = torch.round(torch.sqrt(area / r)).view(B, self.tries)
+        ok = (w > 0) & (w <= W) & (h > 0) & (h <= H)
+        first = torch.argmax(ok.to(torch.uint8), 1, keepdim=True)       # first fitting try (0 when none fits)
+        any_ok = ok.any(1)
+        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+        in_ratio = W / H   # torchvision's fallback: the whole image, clamped to the ratio range, centred
+        if in_ratio < self.ratio[0]:
+            fw, fh = W, round(W / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            fw, fh = round(H * self.ratio[1]), H
+        else:
+            fw, fh = W, H
+        w = torch.where(any_ok, w, torch.full_like(w, fw))
+        h = torch.where(any_ok, h, torch.full_like(h, fh))
+        top = torch.where(any_ok, torch.floor(torch.rand(B, device=device) * (H - h + 1)),
+                          torch.full_like(h, (H - fh) // 2))
+        left = torch.where(any_ok, torch.floor(torch.rand(B, device=device) * (W - w + 1)),
+                           torch.full_like(w, (W - fw) // 2))
+        return torch.stack([top, left, h, w], 1)
+
+    def resample(self, x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Crop `boxes` (B, 4: top, left, h, w) of x (B, C, H, W), resize to size x size, mirror where `flip`."""
+        B, _, H, W = x.shape
+        top, left, h, w = boxes.to(x.dtype).unbind(1)
+        sx = w / W * torch.where(flip, -1.0, 1.0).to(x.dtype)
+        theta = torch.zeros(B, 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0] = sx
+        theta[:, 0, 2] = (2 * left + w) / W - 1
+        theta[:, 1, 1] = h / H
+        theta[:, 1, 2] = (2 * top + h) / H - 1
+        grid = torch.nn.functional.affine_grid(theta, [B, x.shape[1], self.size, self.size], align_corners=False)
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        flip = torch.rand(B, device=x.device) < self.flip_p
+        return self.resample(x, self.boxes(B, H, W, x.device), flip)
+
+
+def gaussian_kernels(sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """(n,) sigmas -> (n, k) normalised 1-D Gaussian kernels centred on k // 2."""
+    t = torch.arange(k, dtype=sigma.dtype, device=sigma.device) - (k // 2)
+    g = torch.exp(-(t.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+    return g / g.sum(1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
+    """Separable Gaussian blur of x (B, C, H, W) with one sigma per sample, reflect padding (kornia's default),
+    as two depthwise convolutions over the whole batch."""
+    B, C, H, W = x.shape
+    g = gaussian_kernels(sigma.to(x.dtype), k).repeat_interleave(C, 0)        # (B*C, k)
+    y = x.reshape(1, B * C, H, W)
+    p = k // 2
+    y = torch.nn.functional.pad(y, (p, p, 0, 0), mode="reflect")
+    y = torch.nn.functional.conv2d(y, g.view(B * C, 1, 1, k), groups=B * C)
+    y = torch.nn.functional.pad(y, (0, 0, p, p), mode="reflect")
+    y = torch.nn.functional.conv2d(y, g.view(B * C, 1, k, 1), groups=B * C)
+    return y.view(B, C, H, W)
+
+
+class FastGaussianBlur(nn.Module):
+    """RandomGaussianBlur(k, σ ~ U(sigma), p): each sample its own σ and coin. On a CPU only the chosen samples
+    are blurred; on an accelerator the whole batch is, and a select keeps the unchosen ones (no host sync)."""
+
+    def __init__(self, kernel_size: int, sigma=(0.1, 2.0), p: float = 0.5):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size: must be a positive odd int, got {kernel_size}")
+        self.k, self.sigma, self.p = int(kernel_size), tuple(sigma), float(p)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, dev = x.shape[0], x.device
+        coin = torch.rand(B, device=dev) < self.p
+        sigma = _uniform(B, *self.sigma, dev)
+        if self.k // 2 >= min(x.shape[-2:]):
+            raise ValueError(f"kernel_size {self.k} too large for {tuple(x.shape[-2:])} images")
+        if dev.type == "cpu":
+            idx = coin.nonzero().flatten()
+            if idx.numel() == 0:
+                return x
+            out = x.clone()
+            out[idx] = gaussian_blur(x[idx], sigma[idx], self.k)
+            return out
+        return torch.where(coin.view(B, 1, 1, 1), gaussian_blur(x, sigma, self.k), x)
+
+
+class FastGrayscale(nn.Module):
+    """RandomGrayscale(p): luma (0.299, 0.587, 0.114) copied to the three channels on a per-sample coin."""
+
+    def __init__(self, p: float = 0.2):
+        super().__init__()
+        self.p = float(p)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coin = (torch.rand(x.shape[0], device=x.device) < self.p).view(-1, 1, 1, 1)
+        return torch.where(coin, _gray(x).expand_as(x), x)
 
 
 class ImageSSLAugment(nn.Module):
     """SimCLR-style view: RandomResizedCrop, ColorJitter(0.4,0.4,0.4,0.1; p=0.8), RandomGrayscale(0.2),
     GaussianBlur(σ∈[0.1,2]; p=0.5), HorizontalFlip, ImageNet Normalize. Output float32 (B, 3, size, size)."""
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0)):
+    IMPLS = ("fast", "kornia")
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), impl: str = "fast"):
         super().__init__()
         if int(size) < 8:
             raise ValueError(f"size: must be >= 8, got {size}")
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale: must satisfy 0 < min <= max <= 1, got {scale}")
-        self.size = int(size)
-        self.ops = nn.Sequential(
-            K.RandomResizedCrop((self.size, self.size), scale=tuple(scale)),
-            FastColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
-            K.RandomGrayscale(p=0.2),
-            K.RandomGaussianBlur(blur_kernel_size(self.size), sigma=(0.1, 2.0), p=0.5),
-            K.RandomHorizontalFlip(),
-        )
+        if impl not in self.IMPLS:
+            raise ValueError(f"impl: must be one of {', '.join(self.IMPLS)}, got {impl!r}")
+        self.size, self.impl = int(size), impl
+        k = blur_kernel_size(self.size)
+        if impl == "fast":
+            # same distribution of views; crop and flip are one grid_sample, nothing synchronises with the host.
+            # Flipping before instead of after jitter/blur commutes with both, so the views are the same.
+            self.ops = nn.Sequential(
+                FastRandomResizedCropFlip(self.size, scale=tuple(scale)),
+                FastColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+                FastGrayscale(p=0.2),
+                FastGaussianBlur(k, sigma=(0.1, 2.0), p=0.5),
+            )
+        else:
+            self.ops = nn.Sequential(
+                K.RandomResizedCrop((self.size, self.size), scale=tuple(scale)),
+                FastColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
+                K.RandomGrayscale(p=0.2),
+                K.RandomGaussianBlur(k, sigma=(0.1, 2.0), p=0.5),
+                K.RandomHorizontalFlip(),
+            )
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,8 @@ def _online_datamodule(ws, cfg):
         return mmimdb.MMIMDbDataModule(
             index_dir(ws), raw_dir(ws), tokenizer=tokenizer, max_length=max_length, text_mask_prob=d.text_mask_prob,
             image_size=d.image_size, image_norm=getattr(d, "image_norm", "imagenet"), max_items=d.max_items,
-            data_seed=d.data_seed, batch_size=d.batch_size, num_workers=d.num_workers)
+            data_seed=d.data_seed, batch_size=d.batch_size, num_workers=d.num_workers,
+            crop_scale=tuple(d.crop_scale))
     except (ValueError, OSError) as e:
         raise _usage(f"cannot set up MM-IMDb from {index_dir(ws)} with the towers in {txt_path}: {e}") from None
 
@@ -291,4 +292,4 @@ def datamodule(ws, cfg):
                                    text_mask_prob=d.text_mask_prob, image_size=d.image_size,
                                    image_norm=getattr(d, "image_norm", "imagenet"), max_items=d.max_items,
                                    data_seed=d.data_seed, cache_dir=out, batch_size=d.batch_size,
-                                   num_workers=d.num_workers)
+                                   num_workers=d.num_workers, crop_scale=tuple(d.crop_scale))

@@ -86,6 +86,7 @@ def datamodule(ws, cfg):
     dm = TrifeaturesDataModule(processed_dir(ws, cfg), biased=cfg.data.biased, batch_size=cfg.data.batch_size,
                                  num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
                                  probe_random_crop=cfg.data.probe_random_crop,
+                                 crop_scale=tuple(cfg.data.crop_scale),
                                  check_integrity=not _verified(processed_dir(ws, cfg)))
     dm.reference_val_split = "test"  # the reference's val loader is the test split (labelled 'reference' protocol)
     return dm

@@ -41,24 +41,29 @@ class AlexNetTrunk(_ChannelsLast):
     """The `features` part of AlexNet, randomly initialised with PyTorch defaults (torchvision adds no init).
 
     (B, 3, 224, 224) -> (B, 256, 6, 6); at 128 px the grid is 3x3, at 64 px 1x1.
+
+    ``width`` scales every layer's channels (1.0 = AlexNet; the cpu preset's 0.5 costs about a quarter of the
+    convolutions), so ``out_dim`` is ``round(256 * width)``.
     """
 
-    out_dim = 256
-
-    def __init__(self, channels_last: bool = False):
+    def __init__(self, channels_last: bool = False, width: float = 1.0):
         super().__init__(channels_last)
+        if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4:
+            raise ValueError(f"width: must be a number in (0, 4], got {width!r}")
+        c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 192, 384, 256))
+        self.out_dim = c4
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.Conv2d(3, c1, kernel_size=11, stride=4, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.Conv2d(c4, c4, kernel_size=3, padding=1),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )

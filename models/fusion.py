@@ -85,6 +85,21 @@ def random_keep_mask(views: int, batch: int, lengths: Sequence[int], ratio: floa
     return torch.cat(blocks, dim=-1)
 
 
+_CONSTANTS: dict = {}
+
+
+def _constant_long(values: tuple, device) -> torch.Tensor:
+    """A small constant index tensor on `device`, made once (bounded cache)."""
+    key = (values, str(device))
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 4096:
+            _CONSTANTS.clear()
+        with torch.inference_mode(False):   # usable later by autograd even if first made during inference
+            t = _CONSTANTS[key] = torch.tensor(values, device=device, dtype=torch.long)
+    return t
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Transformer
 # --------------------------------------------------------------------------------------------------------------
@@ -200,16 +215,17 @@ class FusionTransformer(nn.Module):
 
     @staticmethod
     def _positions(pos, tokens) -> torch.Tensor:
-        """Positions as a device tensor; validated on the host (lists) so the GPU is not synchronised."""
+        """Positions as a device tensor; validated on the host (lists) so the GPU is not synchronised, and cached
+        per device: the subsets are the same every step, and a fresh host-to-device copy each step would wait."""
         L = tokens.shape[1]
         if pos is None:
             return torch.arange(L, device=tokens.device)
         if isinstance(pos, torch.Tensor):
             pos = pos.tolist()
-        pos = [int(p) for p in pos]
+        pos = tuple(int(p) for p in pos)
         if not pos or min(pos) < 0 or max(pos) >= L:
             raise ValueError(f"subset positions must be a non-empty list of indices into {L} tokens")
-        return torch.tensor(pos, device=tokens.device, dtype=torch.long)
+        return _constant_long(pos, tokens.device)
 
     # ------------------------------------------------------------------------------------- straightforward path
     def _run_reference(self, x: torch.Tensor, pad: Optional[torch.Tensor]) -> torch.Tensor:

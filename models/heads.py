@@ -14,6 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+_DECAY: dict = {}
+
+
+def _decay_weights(m: float, groups: int, dtype, device) -> torch.Tensor:
+    """(groups, 1) weights m(1-m)^(groups-1-g) of sequential running-stat updates, made once per device: a fresh
+    host-to-device copy every step would synchronise an accelerator."""
+    key = (float(m), int(groups), dtype, str(device))
+    t = _DECAY.get(key)
+    if t is None:
+        if len(_DECAY) > 256:
+            _DECAY.clear()
+        with torch.inference_mode(False):   # usable later by autograd even if first made during inference
+            t = _DECAY[key] = torch.tensor([m * (1.0 - m) ** (groups - 1 - g) for g in range(groups)],
+                                           dtype=torch.float64, device=device).to(dtype)[:, None]
+    return t
+
 def grouped_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, groups: int) -> torch.Tensor:
     """`torch.cat([bn(c) for c in x.chunk(groups)])`, in one pass when possible.
 
@@ -40,8 +56,7 @@ def grouped_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, groups: int) -> torc
     with torch.no_grad():
         m = bn.momentum
         stats_dtype = bn.running_mean.dtype
-        decay = torch.tensor([m * (1.0 - m) ** (groups - 1 - g) for g in range(groups)],
-                             dtype=torch.float64, device=x.device).to(stats_dtype)[:, None]
+        decay = _decay_weights(m, groups, stats_dtype, x.device)
         mean_g = mean.squeeze(1).to(stats_dtype)
         var_g = var.squeeze(1).to(stats_dtype) * (n / (n - 1))
         keep = (1.0 - m) ** groups

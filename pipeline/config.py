@@ -50,6 +50,7 @@ class DataConfig:
     keys: list = field(default_factory=list)   # MultiBench: modality keys in order (e.g. [vision, text])
     task: Any = None                     # MultiBench/MIMIC task selector; V&T: ee_yaw_next or contact_next
     probe_random_crop: bool = False      # reference: random resized crop at probe time (stochastic features)
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])  # SSL RandomResizedCrop area range (images)
     max_items: Any = None                # cap on items per split (smoke/cpu presets), None = all
     text_mask_prob: float = 0.15         # MM-IMDb: frozen text encoder token masking in training
     feature_cache: bool = False          # MM-IMDb: train the fusion on precomputed frozen-tower features
@@ -251,6 +252,12 @@ def _coerce(value, tp, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot in the mantissa) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -391,6 +398,9 @@ def validate(cfg: Config) -> None:
     _check(d.batch_size >= 2, "data.batch_size", f"must be >= 2 (contrastive losses need negatives), got {d.batch_size}")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
     _check(d.image_size >= 32, "data.image_size", f"must be >= 32, got {d.image_size}")
+    _check(len(d.crop_scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in d.crop_scale) and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+           "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}")
     _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _check(0.0 <= d.text_mask_prob < 1.0, "data.text_mask_prob", f"must be in [0, 1), got {d.text_mask_prob}")
     o = cfg.optim

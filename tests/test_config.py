@@ -15,6 +15,14 @@ def test_both_agent_override_forms_and_booleans():
     assert a == b
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    # YAML 1.1 reads `3e-3` as a string; a float key takes it as the number a user means.
+    cfg = build_config("trifeatures", "infmasking", "smoke", overrides=["optim.lr=3e-3", "model.temperature=1e-1"])
+    assert cfg.optim.lr == 3e-3 and cfg.model.temperature == 0.1
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number"):
+        build_config("trifeatures", "infmasking", "smoke", overrides=["optim.lr=fast"])
+
+
 def test_sweep_float_noise_is_rounded():
     cfg = build_config("trifeatures", "infmasking", "smoke", overrides=["model.mask_ratio=0.30000000000000004"])
     assert cfg.model.mask_ratio == 0.3

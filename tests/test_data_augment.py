@@ -34,12 +34,95 @@ def test_ssl_views_shape_dtype_device_and_range(device, layout):
 
 
 def test_ssl_augment_pipeline_is_the_spec_one():
-    aug = A.ImageSSLAugment(224)
+    aug = A.ImageSSLAugment(224, impl="kornia")
     names = [type(m).__name__ for m in aug.ops]
     assert names == ["RandomResizedCrop", "FastColorJitter", "RandomGrayscale", "RandomGaussianBlur",
                      "RandomHorizontalFlip"]
-    cj = aug.ops[1]
-    assert (cj.b, cj.c, cj.s, cj.h, cj.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
+    fast = A.ImageSSLAugment(224)
+    assert [type(m).__name__ for m in fast.ops] == ["FastRandomResizedCropFlip", "FastColorJitter", "FastGrayscale",
+                                                    "FastGaussianBlur"]
+    crop, cj, gray, blur = fast.ops
+    assert (crop.scale, crop.flip_p, gray.p, blur.k, blur.sigma, blur.p) == ((0.08, 1.0), 0.5, 0.2, 23, (0.1, 2.0), 0.5)
+    for cj in (aug.ops[1], fast.ops[1]):
+        assert (cj.b, cj.c, cj.s, cj.h, cj.p) == (0.4, 0.4, 0.4, 0.1, 0.8)
+    with pytest.raises(ValueError, match="impl"):
+        A.ImageSSLAugment(32, impl="pil")
+
+
+def test_crop_resample_is_slice_then_bilinear_resize():
+    x = torch.rand(3, 3, 40, 48, dtype=torch.float64)
+    crop = A.FastRandomResizedCropFlip(16)
+    no = torch.zeros(3, dtype=torch.bool)
+    boxes = torch.tensor([[4.0, 6.0, 16.0, 16.0], [0.0, 0.0, 16.0, 16.0], [24.0, 32.0, 16.0, 16.0]])
+    # a box of the output size samples pixel centres exactly: the slice itself
+    got = crop.resample(x, boxes, no)
+    for b, (t, l, h, w) in enumerate(boxes.long().tolist()):
+        assert torch.allclose(got[b], x[b, :, t:t + h, l:l + w], atol=1e-12)
+    # the whole image: F.interpolate(bilinear, align_corners=False); the flip mirrors columns
+    full = torch.tensor([[0.0, 0.0, 40.0, 48.0]]).repeat(3, 1)
+    want = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(crop.resample(x, full, no), want, atol=1e-12)
+    yes = torch.tensor([True, False, True])
+    flipped = crop.resample(x, full, yes)
+    assert torch.allclose(flipped[0], want[0].flip(-1), atol=1e-12) and torch.allclose(flipped[1], want[1])
+
+
+def test_crop_boxes_follow_torchvision_sampling():
+    torch.manual_seed(0)
+    crop = A.FastRandomResizedCropFlip(32, scale=(0.08, 1.0))
+    top, left, h, w = crop.boxes(4000, 60, 80, "cpu").unbind(1)
+    assert (h >= 1).all() and (w >= 1).all() and (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= 60).all() and (left + w <= 80).all()
+    assert torch.equal(h, h.round()) and torch.equal(top, top.round())
+    frac, ratio = h * w / (60 * 80), w / h
+    assert frac.min() > 0.06 and frac.max() <= 1.0
+    # torchvision's get_params, written out one box at a time: same mean area fraction (rejection favours small)
+    import math
+    import random
+    rng = random.Random(0)
+
+    def tv_box(H, W):
+        for _ in range(10):
+            a = H * W * rng.uniform(0.08, 1.0)
+            r = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+            bw, bh = round(math.sqrt(a * r)), round(math.sqrt(a / r))
+            if 0 < bw <= W and 0 < bh <= H:
+                return bh * bw / (H * W)
+        return 1.0
+    ref = sum(tv_box(60, 80) for _ in range(4000)) / 4000
+    assert abs(frac.mean().item() - ref) < 0.02, (frac.mean().item(), ref)
+    assert ratio.min() > 0.7 and ratio.max() < 1.4
+    # positions are uniform over the free range, not centred
+    assert (top == 0).any() and (left + w == 80).any()
+    # nothing fits (a square of >= 90 % of a 10x100 image): torchvision's fallback, the centred ratio-clamped box
+    fb = A.FastRandomResizedCropFlip(8, scale=(0.9, 1.0), ratio=(1.0, 1.0)).boxes(5, 10, 100, "cpu")
+    assert torch.equal(fb, torch.tensor([[0.0, 45.0, 10.0, 10.0]]).repeat(5, 1))
+
+
+def test_fast_blur_matches_kornia_per_sample_sigma():
+    import kornia.filters as KF
+
+    x = torch.rand(4, 3, 24, 24, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 0.7, 1.3, 2.0], dtype=torch.float64)
+    got = A.gaussian_blur(x, sigma, 7)
+    want = KF.gaussian_blur2d(x, (7, 7), torch.stack([sigma, sigma], 1), border_type="reflect")
+    assert torch.allclose(got, want, atol=1e-10)
+    torch.manual_seed(0)
+    y = A.FastGaussianBlur(7, p=0.5)(x.repeat(64, 1, 1, 1))
+    changed = (y - x.repeat(64, 1, 1, 1)).abs().amax((1, 2, 3)) > 1e-9
+    assert 0.35 < changed.float().mean() < 0.65
+    assert torch.equal(A.FastGaussianBlur(7, p=0.0)(x), x)
+    with pytest.raises(ValueError, match="kernel_size"):
+        A.FastGaussianBlur(4)
+
+
+def test_fast_grayscale_coin():
+    torch.manual_seed(0)
+    x = torch.rand(500, 3, 4, 4)
+    y = A.FastGrayscale(p=0.2)(x)
+    grey = (y[:, 0] == y[:, 1]).all(-1).all(-1) & (y[:, 1] == y[:, 2]).all(-1).all(-1)
+    assert 0.13 < grey.float().mean() < 0.27
+    assert torch.equal(y[~grey], x[~grey])
 
 
 def test_hsv_round_trip_and_kornia_agreement():

@@ -15,6 +15,7 @@ from models.methods import parameter_groups, warmup_cosine_lr
     ("alexnet", {}, torch.randn(2, 3, 224, 224), (2, 256, 6, 6)),
     ("alexnet", {}, torch.randn(2, 3, 128, 128), (2, 256, 3, 3)),
     ("alexnet", {"channels_last": True}, torch.randn(2, 3, 64, 64), (2, 256, 1, 1)),
+    ("alexnet", {"width": 0.5}, torch.randn(2, 3, 128, 128), (2, 128, 3, 3)),
     ("resnet18", {}, torch.randn(2, 3, 128, 128), (2, 512, 4, 4)),
     ("affect_transformer", {"n_features": 20}, torch.randn(2, 50, 20), (2, 50, 40)),
     ("mlp", {"in_dim": 5, "hidden_dim": 10, "out_dim": 10}, torch.randn(2, 5), (2, 10)),
@@ -28,9 +29,17 @@ def test_encoder_shapes(name, kwargs, x, shape):
     assert enc(x).shape == shape
 
 
+def alex_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
 def test_encoder_parameter_counts_and_inits():
     alex = ENCODERS["alexnet"]()
     assert sum(p.numel() for p in alex.parameters()) == 2_469_696
+    half = ENCODERS["alexnet"](width=0.5)
+    assert half.out_dim == 128 and sum(p.numel() for p in half.parameters()) < alex_params(alex) / 3
+    with pytest.raises(ValueError, match="width"):
+        ENCODERS["alexnet"](width=0)
     res = ENCODERS["resnet18"]()
     assert sum(p.numel() for p in res.parameters()) == pytest.approx(11.18e6, rel=0.01)
     assert all(blk.bn2.weight.abs().sum() == 0 for layer in (res.layer1, res.layer4) for blk in layer)

@@ -534,6 +534,21 @@ def optimisations(cfg, method, batches, device, reps: int = 3) -> dict:
                                "per_sample_s": round(_median_time(per_sample, 1, sync), 5)}
         out["augmentation"]["speedup"] = round(out["augmentation"]["per_sample_s"] / out["augmentation"]["batched_s"],
                                                2)
+        images = [t for t in moved["raw"] if t.ndim == 4 and t.dtype == torch.uint8]
+        if images:
+            # one image view: our batched ops (crop+flip as one grid_sample, no host sync) vs kornia's
+            from data.augment import ImageSSLAugment
+
+            size = int(getattr(cfg.data, "image_size", images[0].shape[-2]))
+            scale = tuple(getattr(cfg.data, "crop_scale", (0.08, 1.0)))
+            res = {"images": f"{tuple(images[0].shape)} uint8"}
+            for impl in ImageSSLAugment.IMPLS:
+                aug = ImageSSLAugment(size, scale=scale, impl=impl).to(device)
+                res[f"{impl}_s"] = round(_median_time(lambda: aug(images[0]), reps, sync), 5)
+                if device.type == "cuda":
+                    res[f"{impl}_host_syncs"] = _count_syncs(lambda: aug(images[0]))
+            res["speedup"] = round(res["kornia_s"] / res["fast_s"], 2)
+            out["augmentation_impl"] = res
         u8 = sum(t.numel() * t.element_size() for t in raw)
         out["uint8_batch"] = {"uint8_bytes": u8, "float32_bytes": 4 * u8, "ratio": 4.0}
         if device.type == "cuda":

@@ -205,6 +205,19 @@ class BaseMethod(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["infmask_config"] = copy.deepcopy(self.cfg)
 
+    def compile_encoders(self, **kwargs) -> int:
+        """`trainer.compile`: torch.compile each modality encoder in place and return how many.
+
+        Compiling the LightningModule itself would do nothing here, since the training step never calls its
+        `forward`. `nn.Module.compile` keeps the parameter names, so checkpoints load without it. The fusion's
+        masked passes change shape with the subset and stay eager.
+        """
+        holder = getattr(self, "encoder", None)
+        encoders = getattr(holder, "encoders", None) if holder is not None else getattr(self, "encoders", None)
+        for enc in encoders or ():
+            enc.compile(**kwargs)
+        return len(encoders or ())
+
     # ---------------------------------------------------------------------------------------------- schedule
     def mask_ratio_r(self) -> float:
         """r = lambda (e+1)/E_max from the trainer's state; lambda when no trainer (or no epoch limit) is set."""

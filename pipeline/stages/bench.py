@@ -341,7 +341,10 @@ def _compile_encoders(method):
     passes change shape with the subset and are left eager)."""
     import torch
 
-    enc = method.encoder if hasattr(method, "encoder") else None
+    if hasattr(method, "compile_encoders"):
+        method.compile_encoders()
+        return method
+    enc = method.encoder if hasattr(method, "encoder") else None      # the straightforward formulation's model
     if enc is None:
         return method
     for i in range(len(enc.encoders)):

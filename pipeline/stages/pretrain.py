@@ -158,7 +158,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         if logger:
             trainer.logger = logger
     if cfg.trainer.compile:
-        model = torch.compile(model)
+        print(f"torch.compile: {model.compile_encoders()} encoders compiled (first steps are slower)", flush=True)
 
     if rank0:
         store.upsert_run(cfg, status="running", run_dir=str(run_dir), code_version=code_version(),

@@ -9,7 +9,9 @@ gradient. The test checks both halves: (1) local input gradients / W against the
 (2) the parameter gradients of a small encoder wrapped in torch's DistributedDataParallel against the
 single-process parameter gradients, with no rescaling.
 """
+import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -85,6 +87,12 @@ def _worker(rank, port, out):
                         "param_grads": [p.grad for p in ddp.module.parameters()]}, f"{out}/{kind}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+    # torch 2.13's gloo backend sometimes aborts the process during interpreter teardown, after all the work
+    # ("terminate called without an active exception"; 4 of 15 runs here, with or without destroy_process_group).
+    # The results are on disk and checked by the parent, so leave without the C++ teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:

@@ -219,3 +219,19 @@ def test_drop_zeroes_whole_rows_per_sample(device):
     assert (full == 0).all(-1).sum(1).float().mean().item() == pytest.approx(10, abs=0.6)
     with pytest.raises(ValueError, match="max_frac"):
         A.drop(x, max_frac=1.5)
+
+
+def test_accelerator_select_paths_match_the_cpu_index_paths():
+    # On a GPU the blur and jitter run on the whole batch and select (no host sync); forced here on the CPU
+    x = torch.rand(64, 3, 16, 16, dtype=torch.float64)
+    outs = []
+    for select_all in (False, True):
+        torch.manual_seed(3)
+        outs.append(A.FastGaussianBlur(5, p=0.5, select_all=select_all)(x))
+    assert torch.allclose(outs[0], outs[1], atol=1e-12) and not torch.equal(outs[0], x)
+    torch.manual_seed(0)
+    y = A.FastColorJitter(p=0.5, select_all=True)(x)
+    changed = (y - x).abs().amax((1, 2, 3)) > 0
+    assert 0.3 < changed.float().mean() < 0.7 and y.min() >= 0 and y.max() <= 1
+    # a sample whose coin is off is returned bit for bit
+    assert torch.equal(y[~changed], x[~changed])

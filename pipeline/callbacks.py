@@ -84,7 +84,7 @@ class PreemptionCheckpoint(pl.Callback):
         if trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
             raise PreemptionRequested(self.signum or signal.SIGTERM)
 
 
@@ -183,7 +183,7 @@ class ValProbeCallback(pl.Callback):
         better = self.best is None or (value > self.best if self.cfg.probe.mode == "max" else value < self.best)
         if better:
             self.best = value
-            trainer.save_checkpoint(self.best_path)
+            trainer.save_checkpoint(self.best_path, weights_only=False)
 
 
 # -------------------------------------------------------------------------------------------- telemetry

@@ -182,7 +182,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     except SIGTERMException:  # a SIGTERM Lightning's handler caught before training started: nothing new to save
         signum = signal.SIGTERM
     except NonFiniteLossError as e:
-        trainer.save_checkpoint(ckpt_dir / "failed.ckpt")
+        trainer.save_checkpoint(ckpt_dir / "failed.ckpt", weights_only=False)
         if not rank0:
             return PretrainResult(cfg.run_id, run_dir, "worker")
         store.set_status(cfg.run_id, "failed", str(e))

@@ -88,12 +88,18 @@ class PreemptionCheckpoint(pl.Callback):
             raise PreemptionRequested(self.signum or signal.SIGTERM)
 
 
+def probe_due(epoch: int, every_n_epochs: int, max_epochs: int) -> bool:
+    """Whether the validation probe runs at the end of (1-based) `epoch`: every n epochs and at the last one."""
+    return every_n_epochs > 0 and (epoch % every_n_epochs == 0 or epoch == max_epochs)
+
+
 class PlainProgress(pl.Callback):
     """Periodic log lines instead of a progress bar when stderr is not a terminal (CI, sweep agents): the first
     batch of every epoch, then one line every `every_s` seconds, and a summary at each epoch end."""
 
-    def __init__(self, every_s: float = 30.0):
+    def __init__(self, every_s: float = 30.0, probe_every_n_epochs: int = 0):
         self.every_s = every_s
+        self.probe_every_n_epochs = probe_every_n_epochs  # probe keys printed only on epochs that probed
         self._last = 0.0
         self._t0 = time.time()
 
@@ -116,9 +122,12 @@ class PlainProgress(pl.Callback):
         if trainer.global_rank != 0:
             return
         m = trainer.callback_metrics
-        parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items())
-                 if k in ("train/loss_epoch", "train/loss", "val/loss", "probe/val/acc1", "probe/val/mse",
-                          "probe/val/f1_mean")]
+        keys = ["train/loss_epoch", "train/loss", "val/loss"]
+        # callback_metrics keeps a probe value until the next probe: printing it on other epochs would pass it off
+        # as this epoch's
+        if probe_due(trainer.current_epoch + 1, self.probe_every_n_epochs, trainer.max_epochs):
+            keys += ["probe/val/acc1", "probe/val/mse", "probe/val/f1_mean"]
+        parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items()) if k in keys]
         print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {time.time() - self._t0:.1f} s "
               + " ".join(parts), file=sys.stderr, flush=True)
 
@@ -147,8 +156,7 @@ class ValProbeCallback(pl.Callback):
         self.best = state.get("best")
 
     def _due(self, trainer) -> bool:
-        e, n = trainer.current_epoch + 1, self.cfg.probe.every_n_epochs
-        return e % n == 0 or e == trainer.max_epochs
+        return probe_due(trainer.current_epoch + 1, self.cfg.probe.every_n_epochs, trainer.max_epochs)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or not self._due(trainer):

@@ -114,7 +114,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
                                            patience=int(cfg.trainer.early_stopping_patience)))
     progress_bar = sys.stderr.isatty()
     if not progress_bar:
-        callbacks.append(PlainProgress())
+        callbacks.append(PlainProgress(probe_every_n_epochs=cfg.probe.every_n_epochs))
     # The Trainer resolves the cluster environment (local DDP launcher, Slurm, torchrun) and this process's global
     # rank without launching anything; the logger is attached afterwards, on rank 0 only.
     trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=progress_bar,

@@ -51,6 +51,8 @@ class DataConfig:
     task: Any = None                     # MultiBench/MIMIC task selector; V&T: ee_yaw_next or contact_next
     probe_random_crop: bool = False      # reference: random resized crop at probe time (stochastic features)
     crop_scale: list = field(default_factory=lambda: [0.08, 1.0])  # SSL RandomResizedCrop area range (images)
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])   # SSL GaussianBlur sigma range, pixels (images)
+    render: str = "resize"               # Trifeatures: "resize" the 224 px set, or render "native"ly at image_size
     max_items: Any = None                # cap on items per split (smoke/cpu presets), None = all
     text_mask_prob: float = 0.15         # MM-IMDb: frozen text encoder token masking in training
     feature_cache: bool = False          # MM-IMDb: train the fusion on precomputed frozen-tower features
@@ -201,6 +203,7 @@ CHOICES = {
     "probe.checkpoint": ("best", "last"),
     "probe.protocol": ("clean", "reference"),
     "data.image_norm": ("imagenet", "clip"),
+    "data.render": ("resize", "native"),
     "trainer.precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true"),
 }
 
@@ -401,6 +404,9 @@ def validate(cfg: Config) -> None:
     _check(len(d.crop_scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                           for v in d.crop_scale) and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
            "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}")
+    _check(len(d.blur_sigma) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in d.blur_sigma) and 0 < d.blur_sigma[0] <= d.blur_sigma[1],
+           "data.blur_sigma", f"must be [min, max] with 0 < min <= max, got {d.blur_sigma}")
     _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
     _check(0.0 <= d.text_mask_prob < 1.0, "data.text_mask_prob", f"must be in [0, 1), got {d.text_mask_prob}")
     o = cfg.optim

@@ -42,10 +42,22 @@ def test_paper_preset_matches_spec():
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs, cfg.data.image_size) == (3e-4, 1e-4, 100, 224)
 
 
-def test_cpu_preset_keeps_a_token_grid():
-    cfg = build_config("trifeatures", "infmasking", "cpu")
-    assert cfg.data.image_size >= 128  # AlexNet trunk: 128 px -> 3x3 tokens per image
-    assert all(m["adapter_kwargs"]["grid_size"] >= 3 for m in cfg.model.modalities)
+@pytest.mark.parametrize("preset", ["cpu", "smoke"])
+def test_trifeatures_presets_trunks_give_the_adapters_token_grid(preset):
+    """Masking needs several tokens per image: the trunk's grid at the preset's resolution is the one the adapter
+    is built for (the cpu preset at least 4x4: rho = 0.7 then keeps 4 of 16 tokens)."""
+    import torch
+
+    from models.encoders import build_encoder
+
+    cfg = build_config("trifeatures", "infmasking", preset)
+    size = cfg.data.image_size
+    for m in cfg.model.modalities:
+        out = build_encoder(m["encoder"], **(m.get("encoder_kwargs") or {}))(torch.zeros(1, 3, size, size))
+        assert out.shape[1:] == (m["adapter_kwargs"]["num_channels"], m["adapter_kwargs"]["grid_size"],
+                                 m["adapter_kwargs"]["grid_size"])
+        if preset == "cpu":
+            assert m["adapter_kwargs"]["grid_size"] >= 4
 
 
 def test_seed_changes_run_id_not_group():
@@ -68,6 +80,9 @@ def test_seed_changes_run_id_not_group():
     ("model.num_mask=2.5", "model.num_mask"),
     ("optim.scheduler=linear", "valid choices"),
     ("probe.protocol=cheat", "clean, reference"),
+    ("data.blur_sigma=[0, 1]", "data.blur_sigma"),
+    ("data.blur_sigma=[1.0]", "data.blur_sigma"),
+    ("data.render=upscale", "resize, native"),
     ("noequals", "key=value"),
 ])
 def test_bad_overrides_name_the_key(override, fragment):

@@ -67,10 +67,9 @@ def _log_dir(run, out, seconds: float):
 
 
 def ensure_data(cfg, ws, force: bool = False):
-    """Download (if generated or already fetched) and preprocess what `cfg` trains on; both steps are idempotent."""
+    """Preprocess what `cfg` trains on (a generated dataset's preprocess generates its raw set when missing);
+    idempotent."""
     entry = dataset_for(cfg.data.dataset)
-    if entry.kind == "generated":
-        entry.stage("download")(ws, entry, data_seed=cfg.data.data_seed)
     return entry.stage("preprocess")(ws, entry, cfg, force=force)
 
 

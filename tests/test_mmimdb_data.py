@@ -18,6 +18,7 @@ from mmimdb_support import write_archive  # noqa: E402
 from data import mmimdb as M  # noqa: E402
 from data import mmimdb_stages as S  # noqa: E402
 from data.registry import DATASETS  # noqa: E402
+from data.urls import mirror_url  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
@@ -63,7 +64,7 @@ def indexed(env):
 
 def test_download_is_verified_recorded_and_idempotent(env, indexed, capsys):
     ws, url = env["ws"], env["url"]
-    mirrored = S.mirror_url(ENTRY.files[0].url, url)
+    mirrored = mirror_url(ENTRY.files[0].url, ENTRY.files[0].name, url)
     assert mirrored == f"{url}/download/mmimdb/mmimdb.tar.gz"
     record = json.loads(ws.checksums.read_text())["files"][mirrored]
     assert record["sha256"] == M.sha256_file(env["archive"]) and record["size"] == env["archive"].stat().st_size

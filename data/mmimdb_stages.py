@@ -260,10 +260,7 @@ def cache_dir(ws, cfg, dm=None) -> Path:
 def _ensure_cache(ws, cfg, force: bool = False) -> Path:
     from models import clip_towers as ct
 
-    d = cfg.data
-    if isinstance(d.cache_copies, bool) or not isinstance(d.cache_copies, int) or d.cache_copies < 2 \
-            or d.cache_copies % 2:
-        raise _usage(f"data.cache_copies: must be an even number >= 2 (pairs of views), got {d.cache_copies!r}")
+    d = cfg.data  # data.cache_copies is checked with the config (an even number >= 2)
     dm = _online_datamodule(ws, cfg)
     key, params = cache_key(ws, cfg, dm)
     out = index_dir(ws) / f"cache-{key}"

@@ -20,6 +20,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from .durable import fsync_dir
 from .safe_pickle import UnsafePickleError, safe_loads, safe_unpickle
 
 __all__ = ["UnsafePickleError", "ArchiveError", "UnsafeArchiveError", "safe_unpickle", "safe_loads", "safe_extract",
@@ -155,14 +156,6 @@ def list_archive(archive: str | os.PathLike) -> list[str]:
     return [m.name for m in members if m.isreg()]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Extract a .zip / .tar / .tar.gz (.bz2, .xz) archive into the folder ``dest``, all or nothing.
 
@@ -219,7 +212,7 @@ def _extract(archive: Path, kind: str, dest: Path, overwrite: bool) -> Path:
                 else:
                     dest.rmdir()
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:

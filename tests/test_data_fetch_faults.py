@@ -135,15 +135,6 @@ def test_unreadable_trust_store_is_an_error_and_is_not_rewritten(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the CLI, a mirror
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    monkeypatch.setenv("INFMASK_ROOT", str(root))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
-    return root
-
-
 def cli(*args) -> int:
     return main([str(a) for a in args])
 
@@ -188,31 +179,52 @@ def test_unreadable_trust_store_stops_the_download(ws, capsys):
     assert not (ws / "raw" / "mosi" / MOSI.name).exists()
 
 
+def _mmimdb_tar(path: Path) -> bytes:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data in (("mmimdb/split.json", b'{"train": [], "dev": [], "test": []}'),
+                           ("mmimdb/dataset/0001.json", b'{"plot": ["x"], "genres": ["Drama"]}')):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("token", [None, "T0kenValue77"])
 def test_credentials_in_the_mirror_url_are_used_but_never_printed_or_written(tmp_path, token):
     password = "S3cretPa55word"
     ws = tmp_path / "ws"
-    good = fx.affect_pickle("mosi", sizes={"train": 4, "valid": 3, "test": 3})
-    item = Served(good, auth=("mirror-user", password), token=token)
+    auth = {"auth": ("mirror-user", password), "token": token}
+    files = {"/mirror/mosi_data.pkl": Served(fx.affect_pickle("mosi", sizes={"train": 4, "valid": 3, "test": 3}),
+                                             **auth),
+             f"/mirror/{fx.VT_ZIP_PATH}": Served(fx.vt_zip(tmp_path / "vt", n_files=1), **auth),
+             "/mirror/download/mmimdb/mmimdb.tar.gz": Served(_mmimdb_tar(tmp_path / "m.tar.gz"), **auth)}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "INFMASK_"))}
     env.update(INFMASK_ROOT=str(ws), WANDB_MODE="offline", PYTHONPATH=str(ROOT))
-    with serve({"/mirror/mosi_data.pkl": item}) as server:
+    outputs = []
+    with serve(files) as server:
         base = server.url("/mirror", userinfo=f"mirror-user:{password}") + (f"?token={token}" if token else "")
-        ok = subprocess.run([sys.executable, "-m", "pipeline", "download", "mosi", "--base-url", base],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        for dataset in ("mosi", "visionandtouch", "mmimdb"):
+            ok = subprocess.run([sys.executable, "-m", "pipeline", "download", dataset, "--base-url", base],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            assert ok.returncode == 0, ok.stderr[-2000:]
+            outputs += [ok.stdout, ok.stderr]
         bad = subprocess.run([sys.executable, "-m", "pipeline", "download", "sarcasm", "--base-url",
                               base.replace(password, password + "-wrong")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr[-2000:]
     assert bad.returncode == 2 and ("401" in bad.stderr or "404" in bad.stderr), bad.stderr[-2000:]
-    secrets = [password] + ([token] if token else [])
-    for secret in secrets:
-        for text in (ok.stdout, ok.stderr, bad.stdout, bad.stderr):
-            assert secret not in text
+    outputs += [bad.stdout, bad.stderr]
+    for secret in [password] + ([token] if token else []):
+        assert not [text for text in outputs if secret in text]
         leaks = [str(p) for p in ws.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert leaks == [], leaks
-    assert list((ws / "wandb").glob("offline-run-*")), "the download stage's offline W&B run is grepped too"
-    assert (ws / "raw" / "mosi" / "mosi_data.pkl").read_bytes() == good
+    assert len(list((ws / "wandb").glob("offline-run-*"))) == 4, "each download's offline W&B run is grepped too"
+    for written in ("raw/checksums.json", "raw/mosi/mosi_data.pkl.verified.json", "raw/visionandtouch/manifest.json",
+                    "raw/mmimdb/extracted.json"):
+        assert (ws / written).is_file(), written
+    assert server.url("/mirror/mosi_data.pkl") in json.loads((ws / "raw" / "checksums.json").read_text())["files"]
 
 
 def test_ftp_mirror_is_a_one_line_error(ws, capsys):

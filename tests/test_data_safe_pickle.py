@@ -115,15 +115,6 @@ def test_arrays_sharing_one_buffer_may_not_outgrow_the_file(size, n, words):
 
 # ------------------------------------------------------------------------------------------------ damaged files
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    monkeypatch.setenv("INFMASK_ROOT", str(root))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
-    return root
-
-
 @pytest.mark.parametrize("case, words", [
     ("empty", "is empty"),
     ("truncated", "truncated"),

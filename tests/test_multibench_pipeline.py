@@ -24,16 +24,6 @@ def mirror(tmp_path_factory):
         yield base, server
 
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    """A fresh workspace; the CLI exports INFMASK_ROOT, monkeypatch puts the old value back afterwards."""
-    root = tmp_path / "ws"
-    monkeypatch.setenv("INFMASK_ROOT", str(root))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
-    return root
-
-
 def cli(*args) -> int:
     return main([str(a) for a in args])
 

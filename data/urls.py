@@ -17,6 +17,7 @@ __all__ = ["redact_url", "redact_text", "check_base_url", "mirror_url", "BadMirr
 _SECRET_PARAM = re.compile(r"token|secret|passw|pwd|signature|credential|auth|session|api[-_]?key|^key$|^sig$|"
                            r"^x-(amz|goog)-", re.I)
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_PARAM_IN_TEXT = re.compile(r"([?&])([^=&\s'\"?#]+)=([^&\s'\"#)]*)")
 
 
 class BadMirrorURL(ValueError):
@@ -41,8 +42,10 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every URL in it redacted."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    """``text`` with every URL in it redacted, and secret-looking query parameters dropped wherever they appear
+    (urllib3's errors quote the path and query without the scheme: "with url: /x?token=...")."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    return _PARAM_IN_TEXT.sub(lambda m: "" if _SECRET_PARAM.search(m.group(2)) else m.group(0), text)
 
 
 def check_base_url(base_url: str) -> str:

@@ -143,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
         # would attach us to the parent's service, which still holds the streams of any child killed earlier
         # ("run ID ... is in use" when a killed run resumes).
         os.environ.pop("WANDB_SERVICE", None)
-    if argv is None:
         argv = list(sys.argv[1:])
         # W&B records the command line of every run it starts (and `wandb sync` uploads it): a mirror's
         # credentials (--base-url http://user:PASS@host, ?token=...) must not be in it.

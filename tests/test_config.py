@@ -118,7 +118,7 @@ BAD_VALUES = [  # (arguments after `pretrain trifeatures --preset smoke`, the ke
     (["model.n_heads=0"], "model.n_heads"),                     # was a ZeroDivisionError inside validation
     (["model.temperature=inf"], "model.temperature"),
     (["optim.lr=1e400"], "optim.lr"),                           # YAML reads it as a string, float() as inf
-    (["model.mask_lambda=nan"], "model.mask_lambda"),
+    (["model.weights=[1.0, .nan]"], "model.weights"),
     (["--seed", "-1"], "seed"),
     (["--seed", "4294967296"], "seed"),                        # Lightning would silently draw a random seed
     (["data.data_seed=-5"], "data.data_seed"),

@@ -243,3 +243,16 @@ def test_failed_fetch_messages_hold_no_credentials(tmp_path):
     assert "404" in str(info.value)
     assert "Hunter2Secret" not in str(info.value) and "Sig999" not in str(info.value)
     assert info.value.url == server.url("/missing.bin")
+
+
+def test_connection_errors_quote_no_token(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on: connection refused, whose message quotes the URL
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://u:Hunter2Secret@127.0.0.1:{port}/x.bin?id=7&access_token=Tok3nValue"
+    with pytest.raises(DownloadError, match="giving up") as info:
+        download(url, tmp_path / "x.bin", retries=0, backoff=0.0, timeout=2.0, progress=False)
+    assert "Tok3nValue" not in str(info.value) and "Hunter2Secret" not in str(info.value)
+    assert "id=7" in str(info.value)

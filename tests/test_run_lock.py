@@ -9,7 +9,6 @@ import time
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.run_lock import run_lock
 from pipeline.store import ResultsStore
 from pipeline.workspace import Workspace
 from tests.test_ddp_support import REPO, cli_env, smoke_workspace
@@ -41,6 +40,8 @@ def test_same_pretrain_started_twice_at_once_trains_once(tmp_path, tmp_path_fact
 
 
 def test_a_held_run_names_its_holder(tmp_path):
+    from pipeline.run_lock import run_lock
+
     ws = Workspace.open(tmp_path / "ws")
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]);"
             "from pipeline.workspace import Workspace; from pipeline.run_lock import run_lock;"

@@ -2,7 +2,9 @@
 
 - `last.ckpt` every epoch (written atomically), `best.ckpt` whenever the per-epoch validation probe improves.
 - Rerunning an interrupted run resumes from `last.ckpt` with the same W&B run id; a finished run is skipped
-  unless --force.
+  unless --force. A damaged `last.ckpt` is a usage error (exit 2) and the run is marked failed.
+- One writer per run: rank 0 holds the run's lock (pipeline/run_lock.py) from the skip check to the end of fit;
+  the same run started elsewhere meanwhile exits 2 at once.
 - A non-finite loss stops the run: the state is saved to `failed.ckpt`, the store says `failed`, exit code 1.
 - SIGTERM / SIGUSR1 (preemption): `last.ckpt` is saved, the store says `preempted`, exit code 128+signal.
 - DDP (`trainer.devices=N trainer.strategy=ddp`, or one Slurm task per device): every rank runs this function;

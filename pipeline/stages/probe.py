@@ -72,14 +72,16 @@ def probe(ckpt_path: Path, ws: Workspace, *, force: bool = False, keep_wandb_run
     """Probe the checkpoint; results go to the store and to probe.json in the run's folder of this workspace
     (ws.run_dir of the checkpoint's config), wherever the checkpoint itself lies."""
     ckpt, cfg = load_checkpoint(ckpt_path)
-    model = load_model(ckpt, cfg, ckpt_path)  # before anything is recorded
     store = ResultsStore(ws.db_path)
     with run_lock(ws, cfg.run_id, "probe"):
-        return _probe(ckpt_path, cfg, model, ws, store, force=force, keep_wandb_run=keep_wandb_run)
+        if store.has_metrics(cfg.run_id, "probe", "test") and not force:
+            print(f"{cfg.run_id}: already probed; skipping (use --force to probe again)")
+            return {}
+        model = load_model(ckpt, cfg, ckpt_path)  # before anything is recorded
+        return _probe(ckpt_path, cfg, model, ws, store, keep_wandb_run=keep_wandb_run)
 
 
-def _probe(ckpt_path: Path, cfg: Config, model, ws: Workspace, store: ResultsStore, *, force: bool,
-           keep_wandb_run) -> dict:
+def _probe(ckpt_path: Path, cfg: Config, model, ws: Workspace, store: ResultsStore, *, keep_wandb_run) -> dict:
     import torch
 
     from .. import probing
@@ -90,9 +92,6 @@ def _probe(ckpt_path: Path, cfg: Config, model, ws: Workspace, store: ResultsSto
     run_dir = ws.run_dir(cfg)
     if store.get_run(cfg.run_id) is None:
         store.upsert_run(cfg, status="finished", run_dir=str(run_dir))
-    if store.has_metrics(cfg.run_id, "probe", "test") and not force:
-        print(f"{cfg.run_id}: already probed; skipping (use --force to probe again)")
-        return {}
     want_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     device = torch.device("cuda" if want_cuda else "cpu")
     model.to(device)

@@ -48,7 +48,8 @@ def test_damaged_store_is_a_one_line_error_in_every_stage(ws, tmp_path, capsys):
     stages = [["pretrain", "trifeatures", "--preset", "smoke"], ["probe", "trifeatures-infmasking-x-s42"],
               ["report", "--table", "trifeatures", "--no-wandb"],
               ["run", "trifeatures", "--preset", "smoke", "--methods", "infmasking", "--seeds", "42"],
-              ["trial", "--benchmark=trifeatures", "--preset=smoke"], ["sweep", str(_sweep_file(tmp_path / "s.yaml"))]]
+              ["trial", "--benchmark=trifeatures", "--preset=smoke"], ["sweep", str(_sweep_file(tmp_path / "s.yaml"))],
+              ["notebooks"]]
     for args in stages:
         assert main(args) == 2, args
         one_line(capsys, str(db), "move it aside")

@@ -127,3 +127,54 @@ def test_every_benchmark_builds_every_preset():
 def test_parse_overrides_values():
     ov = parse_overrides(["--a.b=[1, 2]", "c.d=None", "e.f=True", "g.h=0.7", "i.j=text"])
     assert ov == {"a.b": [1, 2], "c.d": None, "e.f": True, "g.h": 0.7, "i.j": "text"}
+
+
+BAD_VALUES = [  # (arguments after `pretrain trifeatures --preset smoke`, the key the one-line error names)
+    (["model.n_heads=0"], "model.n_heads"),                     # was a ZeroDivisionError inside validation
+    (["model.temperature=inf"], "model.temperature"),
+    (["optim.lr=1e400"], "optim.lr"),                           # YAML reads it as a string, float() as inf
+    (["model.weights=[1.0, .nan]"], "model.weights"),
+    (["--seed", "-1"], "seed"),
+    (["--seed", "4294967296"], "seed"),                        # Lightning would silently draw a random seed
+    (["data.data_seed=-5"], "data.data_seed"),
+    (["trainer.devices=abc"], "trainer.devices"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.limit_train_batches=-1"], "trainer.limit_train_batches"),
+    (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator"),
+    (["trainer.early_stopping_patience=soon"], "trainer.early_stopping_patience"),
+    (["data.dataset=mosi"], "data.dataset"),                    # would start downloading MOSI for Trifeatures
+    (["probe.costs=[1.0, a]"], "probe.costs"),
+    (["data.max_items=-3"], "data.max_items"),
+]
+
+
+@pytest.mark.parametrize("args, key", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_refused_before_any_file_is_written(tmp_path, monkeypatch, capsys, args, key):
+    root = tmp_path / "ws"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main(["pretrain", "trifeatures", "--preset", "smoke", "--root", str(root), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"error: {key}" in err and "Traceback" not in err, err
+    assert not root.exists()  # nothing written, not even the workspace folder
+
+
+def test_trial_seed_takes_the_same_typed_check(tmp_path, monkeypatch, capsys):
+    # A W&B agent passing --seed=1.5 used to train seed 1 without a word.
+    monkeypatch.setenv("INFMASK_ROOT", str(tmp_path / "ws"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for seed, words in (("1.5", "seed: expected an integer, got 1.5"), ("abc", "seed: expected an integer"),
+                        ("-2", "seed: must be in [0, 4294967295]")):
+        assert main(["trial", "--benchmark=trifeatures", "--preset=smoke", f"--seed={seed}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "ws").exists()
+    cfg = build_config("trifeatures", "infmasking", "smoke", overrides=["seed=7.0"])  # lossless: fine
+    assert cfg.seed == 7
+
+
+def test_valid_trainer_values_still_pass():
+    for ov in (["trainer.devices=2"], ["trainer.devices=auto"], ["trainer.devices=[0, 1]"], ["trainer.devices=-1"],
+               ["trainer.limit_train_batches=0.25"], ["trainer.limit_val_batches=0"], ["trainer.limit_train_batches=3"],
+               ["trainer.early_stopping_patience=5"], ["--seed=4294967295"], ["data.data_seed=0"]):
+        build_config("trifeatures", "infmasking", "smoke", overrides=ov)

@@ -33,6 +33,13 @@ def download_cli(args) -> int:
     if not args.dataset:
         raise UsageError("name a dataset (or --list); valid: " + ", ".join(DATASETS))
     entry = dataset_for(args.dataset)
+    if args.base_url:
+        from data.urls import BadMirrorURL, check_base_url
+
+        try:
+            check_base_url(args.base_url)
+        except BadMirrorURL as e:
+            raise UsageError(str(e)) from None
     ws = Workspace.open()
     with _stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
                                                  "data_seed": args.data_seed}) as run:

@@ -2,7 +2,9 @@
 
 - `last.ckpt` every epoch (written atomically), `best.ckpt` whenever the per-epoch validation probe improves.
 - Rerunning an interrupted run resumes from `last.ckpt` with the same W&B run id; a finished run is skipped
-  unless --force.
+  unless --force. A damaged `last.ckpt` is a usage error (exit 2) and the run is marked failed.
+- One writer per run: rank 0 holds the run's lock (pipeline/run_lock.py) from the skip check to the end of fit;
+  the same run started elsewhere meanwhile exits 2 at once.
 - A non-finite loss stops the run: the state is saved to `failed.ckpt`, the store says `failed`, exit code 1.
 - SIGTERM / SIGUSR1 (preemption): `last.ckpt` is saved, the store says `preempted`, exit code 128+signal.
 - DDP (`trainer.devices=N trainer.strategy=ddp`, or one Slurm task per device): every rank runs this function;
@@ -18,12 +20,13 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import build_config
-from ..errors import Preempted, RunFailed, UsageError
+from ..errors import Preempted, RunFailed, UsageError, first_line
+from ..run_lock import run_lock
 from ..store import ResultsStore
 from ..workspace import Workspace, atomic_write_text
 
@@ -78,25 +81,16 @@ def _exclusive(path: Path):
 def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = None,
              keep_wandb_open: bool = False) -> PretrainResult:
     import pytorch_lightning as pl
-    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-    from models.methods import NonFiniteLossError, build_method
 
     from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PlainProgress, PreemptionCheckpoint,
-                             PreemptionRequested, TelemetryCallback, ValProbeCallback)
-    from ..tracking import code_version, make_logger, scrub, wandb_id
-    from .data_stages import datamodule_for, ensure_data
+                             TelemetryCallback, ValProbeCallback)
 
     store = ResultsStore(ws.db_path)
     run_dir = ws.run_dir(cfg)
     ckpt_dir = checkpoint_dir(run_dir)
     last = ckpt_dir / "last.ckpt"
-    previous = store.get_run(cfg.run_id)
-    if previous and previous["status"] == "finished" and last.exists() and not force:
-        print(f"{cfg.run_id}: already pretrained ({last}); skipping (use --force to retrain)")
-        return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
     preemption = PreemptionCheckpoint(last)
@@ -117,16 +111,64 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         callbacks.append(PlainProgress(probe_every_n_epochs=cfg.probe.every_n_epochs))
     # The Trainer resolves the cluster environment (local DDP launcher, Slurm, torchrun) and this process's global
     # rank without launching anything; the logger is attached afterwards, on rank 0 only.
-    trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=progress_bar,
-                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
-                         **_trainer_settings(cfg))
+    try:
+        trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=progress_bar,
+                             enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                             default_root_dir=str(run_dir), **_trainer_settings(cfg))
+    except (ValueError, MisconfigurationException) as e:  # e.g. trainer.strategy unknown, or no such accelerator
+        raise UsageError(f"the trainer settings cannot be used here: {first_line(e, 300)}") from None
     rank0 = trainer.global_rank == 0
-    global _LAUNCHED_RANKS
     if _LAUNCHED_RANKS and trainer.world_size > 1:
         raise UsageError("trainer.strategy=ddp starts the other ranks by running this command again, so one command "
                          "can train one DDP run; for several runs in one command use trainer.strategy=ddp_spawn, "
                          "or run `infmask pretrain` / `infmask trial` once per run")
+    # One writer per run: rank 0 holds the run from the skip check to the end of fit (other ranks write nothing).
+    with run_lock(ws, cfg.run_id, "pretrain") if rank0 else nullcontext():
+        previous = store.get_run(cfg.run_id)
+        if previous and previous["status"] == "finished" and last.exists() and not force:
+            print(f"{cfg.run_id}: already pretrained ({last}); skipping (use --force to retrain)")
+            return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
+        if last.exists() and not force:
+            _check_resumable(last, cfg, store if rank0 and previous else None)
+        return _train(cfg, ws, store, trainer, preemption, run_dir=run_dir, previous=previous, force=force,
+                      sweep_id=sweep_id, keep_wandb_open=keep_wandb_open)
 
+
+def _check_resumable(last: Path, cfg, store) -> None:
+    """A damaged last.ckpt is a usage error naming the file and what to do (not a traceback inside fit, with the
+    run left `running`): the run is marked failed."""
+    import torch
+
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        why = None if isinstance(ckpt, dict) and "state_dict" in ckpt and "loops" in ckpt else \
+            "not a Lightning checkpoint with training state"
+    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
+        why = f"{type(e).__name__}: {first_line(e)}"
+    if why is None:
+        return
+    if store is not None:
+        store.set_status(cfg.run_id, "failed", f"damaged checkpoint {last}: {why}")
+    raise UsageError(f"{last} is damaged ({why}); this run cannot resume from it. Move it aside (mv {last} "
+                     f"{last}.damaged) to train the run again from the start, or rerun with --force")
+
+
+def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_dir: Path, previous: dict | None,
+           force: bool, sweep_id: str | None, keep_wandb_open: bool) -> PretrainResult:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from models.methods import NonFiniteLossError, build_method
+
+    from ..callbacks import PreemptionRequested
+    from ..tracking import code_version, scrub, wandb_id
+    from .data_stages import datamodule_for, ensure_data
+
+    global _LAUNCHED_RANKS
+    rank0 = trainer.global_rank == 0
+    ckpt_dir = checkpoint_dir(run_dir)
+    last = ckpt_dir / "last.ckpt"
     salt = ""
     if rank0:
         if force and run_dir.exists():

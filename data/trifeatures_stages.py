@@ -11,8 +11,9 @@ log = logging.getLogger("infmask.data")
 
 
 def render_size(cfg) -> int:
-    """Size the raw images are rendered at: the paper's 224 px (then resized), or the training size itself."""
-    return cfg.data.image_size if cfg.data.render == "native" else trifeatures.DEFAULT_SIZE
+    """Size the raw images are rendered at (then resized to ``data.image_size``): the paper's 224 px by default.
+    Rendering closer to the training size keeps the textures' period (10 px at the render size) legible."""
+    return int(cfg.data.render_size)
 
 
 def raw_dir(ws, data_seed: int, size: int = trifeatures.DEFAULT_SIZE) -> Path:
@@ -22,9 +23,9 @@ def raw_dir(ws, data_seed: int, size: int = trifeatures.DEFAULT_SIZE) -> Path:
 
 def processed_dir(ws, cfg) -> Path:
     d = cfg.data
-    native = "_native" if d.render == "native" else ""
+    render = "" if d.render_size == trifeatures.DEFAULT_SIZE else f"_render{d.render_size}"
     return ws.processed("trifeatures",
-                        f"seed{d.data_seed}_px{d.image_size}{native}_val{d.val_fraction}_max{d.max_size}")
+                        f"seed{d.data_seed}_px{d.image_size}{render}_val{d.val_fraction}_max{d.max_size}")
 
 
 _VERIFIED: set[tuple] = set()

@@ -54,7 +54,7 @@ class DataConfig:
     probe_random_crop: bool = False      # reference: random resized crop at probe time (stochastic features)
     crop_scale: list = field(default_factory=lambda: [0.08, 1.0])  # SSL RandomResizedCrop area range (images)
     blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])   # SSL GaussianBlur sigma range, pixels (images)
-    render: str = "resize"               # Trifeatures: "resize" the 224 px set, or render "native"ly at image_size
+    render_size: int = 224               # Trifeatures: images rendered at this size, then resized to image_size
     max_items: Any = None                # cap on items per split (smoke/cpu presets), None = all
     text_mask_prob: float = 0.15         # MM-IMDb: frozen text encoder token masking in training
     feature_cache: bool = False          # MM-IMDb: train the fusion on precomputed frozen-tower features
@@ -205,7 +205,6 @@ CHOICES = {
     "probe.checkpoint": ("best", "last"),
     "probe.protocol": ("clean", "reference"),
     "data.image_norm": ("imagenet", "clip"),
-    "data.render": ("resize", "native"),
     "trainer.precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true"),
     "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
 }
@@ -449,6 +448,7 @@ def validate(cfg: Config) -> None:
     _check(len(d.crop_scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                           for v in d.crop_scale) and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
            "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}")
+    _check(32 <= d.render_size <= 1024, "data.render_size", f"must be in [32, 1024], got {d.render_size}")
     _check(len(d.blur_sigma) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                           for v in d.blur_sigma) and 0 < d.blur_sigma[0] <= d.blur_sigma[1],
            "data.blur_sigma", f"must be [min, max] with 0 < min <= max, got {d.blur_sigma}")

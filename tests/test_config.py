@@ -82,7 +82,7 @@ def test_seed_changes_run_id_not_group():
     ("probe.protocol=cheat", "clean, reference"),
     ("data.blur_sigma=[0, 1]", "data.blur_sigma"),
     ("data.blur_sigma=[1.0]", "data.blur_sigma"),
-    ("data.render=upscale", "resize, native"),
+    ("data.render_size=16", "data.render_size"),
     ("noequals", "key=value"),
 ])
 def test_bad_overrides_name_the_key(override, fragment):

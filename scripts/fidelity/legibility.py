@@ -4,9 +4,9 @@ given resolution, clean and through the SSL augmentation.
 A small supervised CNN (three linear heads on a pooled trunk) is trained on the 2400 train images and scored on the
 200 test images (unseen attribute combinations), each of the four combinations of {clean, augmented} training x
 {clean, augmented} scoring. Images either come from the 224 px set resized down (what `preprocess` does) or are
-rendered directly at the target size with the texture period kept in pixels (`--native`).
+rendered at another size (`--render`, e.g. the target size itself, where the textures keep their 10 px period).
 
-    python scripts/fidelity/legibility.py --size 64 --native --blur-scale 0.29
+    python scripts/fidelity/legibility.py --size 64 --render 64 --blur-scale 0.29
 """
 from __future__ import annotations
 
@@ -23,10 +23,8 @@ from data.augment import ImageSSLAugment, ImageProbeTransform
 from models.encoders import ConvTrunk
 
 
-def images(size: int, native: bool, period: int | None):
-    if period is not None:
-        tf.TEXTURE_PERIOD = period
-    r = tf.Renderer(size if native else 224)
+def images(size: int, render: int):
+    r = tf.Renderer(render)
     rng = np.random.default_rng(0)
     attrs = tf.triplet_attributes()
     is_test = np.zeros(len(attrs), dtype=bool)
@@ -40,8 +38,7 @@ def images(size: int, native: bool, period: int | None):
     res = {}
     for split, (im, a) in out.items():
         im = np.stack(im)
-        if not native:
-            im = tf.resize_images(im, size)
+        im = tf.resize_images(im, size)
         res[split] = (torch.from_numpy(im), torch.tensor(a))
     return res
 
@@ -59,9 +56,9 @@ class Net(nn.Module):
         return [head(h) for head in self.heads]
 
 
-def run(size, native, blur_scale, crop_min, epochs, seed, period):
+def run(size, render, blur_scale, crop_min, epochs, seed):
     torch.manual_seed(seed)
-    d = images(size, native, period)
+    d = images(size, render)
     aug = ImageSSLAugment(size, scale=(crop_min, 1.0))
     if blur_scale != 1.0:
         blur = aug.ops[3]
@@ -106,8 +103,8 @@ def run(size, native, blur_scale, crop_min, epochs, seed, period):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--native", action="store_true", help="render at --size (texture period kept in pixels)")
-    p.add_argument("--period", type=int, default=None, help="texture period in pixels when rendering (default 10)")
+    p.add_argument("--render", type=int, default=224,
+                   help="render at this size, then resize to --size (the texture period is 10 px at this size)")
     p.add_argument("--blur-scale", type=float, default=1.0, help="multiply the blur sigma range (0.1, 2.0)")
     p.add_argument("--crop-min", type=float, default=0.08)
     p.add_argument("--epochs", type=int, default=12)
@@ -115,7 +112,7 @@ def main():
     a = p.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    res = run(a.size, a.native, a.blur_scale, a.crop_min, a.epochs, a.seed, a.period)
+    res = run(a.size, a.render, a.blur_scale, a.crop_min, a.epochs, a.seed)
     print(json.dumps({"args": vars(a), "result": res, "seconds": round(time.time() - t0, 1)}))
 
 

@@ -13,11 +13,12 @@ import sys
 from .errors import EXIT_USAGE, InfmaskError, UsageError
 
 STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
-          "agent-script", "notebooks")
+          "agent-script", "notebooks", "config")
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
 `run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config); `sweep` runs a
-sweep file here with W&B's own sweep engine; `bench` times the training step.
+sweep file here with W&B's own sweep engine; `bench` times the training step; `config` prints the resolved config
+with each key's source (also `--print-config` on pretrain, run and trial).
 Config overrides: key=value or --key=value (e.g. model.mask_ratio=0.5 --model.temperature=0.2).
 Workspace: --root, or $INFMASK_ROOT, default ./workspace. W&B: offline unless WANDB_MODE says otherwise."""
 
@@ -25,6 +26,24 @@ Workspace: --root, or $INFMASK_ROOT, default ./workspace. W&B: offline unless WA
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2, like every other bad input
         self.exit(EXIT_USAGE, f"infmask: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """--version: the package version and, in a git checkout, `git describe` (the code_version runs record)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .tracking import code_version
+
+        print(f"infmask {code_version()}")
+        parser.exit(0)
+
+
+def _add_print_config(p):
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML, each key's source) and exit without training")
 
 
 def _add_root(p):
@@ -41,7 +60,7 @@ def _add_run_args(p, benchmark=True):
     _add_overrides(p)
 
 
-OVERRIDE_STAGES = ("preprocess", "pretrain", "run", "bench")
+OVERRIDE_STAGES = ("preprocess", "pretrain", "run", "bench", "config")
 
 
 def _add_overrides(p, what="config overrides"):
@@ -53,6 +72,7 @@ def _add_overrides(p, what="config overrides"):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infmask", description="InfMasking reproduction pipeline.", epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the version (and git describe) and exit")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=_Parser)
     sub.required = True
 
@@ -73,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining of one config and seed (resumable)")
     _add_run_args(p)
+    _add_print_config(p)
     _add_root(p)
 
     p = sub.add_parser("probe", help="linear probes on a pretrained run (its checkpoint carries its config)")
@@ -95,11 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
     p.add_argument("--force", action="store_true")
     _add_overrides(p)
+    _add_print_config(p)
     _add_root(p)
 
     p = sub.add_parser("trial", help="pretrain + probe one config: the program a W&B sweep agent runs")
     p.add_argument("argv", nargs=argparse.REMAINDER,
                    help="--benchmark=B --method=M --preset=P --seed=S and any config keys, as a W&B agent passes them")
+    _add_print_config(p)
+    _add_root(p)
+
+    p = sub.add_parser("config", help="print the resolved config of a benchmark as YAML, with each key's source")
+    p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
+    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
+    _add_overrides(p)
 
     p = sub.add_parser("sweep", help="run a W&B sweep file here with the embedded runner")
     p.add_argument("file")
@@ -137,6 +168,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trial_options(args, argv: list[str]) -> list[str]:
+    """`trial` passes everything else to the config (an agent's `${args}` or `${args_no_hyphens}`, which may come
+    first and swallow what follows): take its own options, --root and --print-config, out wherever they are."""
+    rest = []
+    it = iter(argv)
+    for a in it:
+        if a == "--print-config":
+            args.print_config = True
+        elif a == "--root":
+            args.root = next(it, None)
+            if not args.root:
+                raise argparse.ArgumentError(None, "--root needs a directory")
+        elif a.startswith("--root="):
+            args.root = a.split("=", 1)[1]
+        elif a != "--":
+            rest.append(a)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # A program gets its own W&B service, as `wandb agent` gives its children: an inherited WANDB_SERVICE
@@ -147,13 +197,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.stage == "trial":  # an agent's argv, all of it: --benchmark=... --model.x=...
-            args.argv, extra = list(args.argv or []) + extra, []
+        if args.stage == "trial":  # an agent's argv, all of it: --benchmark=... --model.x=...
+            args.argv, extra = _trial_options(args, list(args.argv or []) + extra), []
         if extra:
             bad = [a for a in extra if "=" not in a or not a.lstrip("-").split("=")[0]]
             if args.stage not in OVERRIDE_STAGES or bad:
                 parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
             args.overrides = list(args.overrides or []) + extra
+    except argparse.ArgumentError as e:
+        print(f"infmask: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except SystemExit as e:  # argparse's own errors and --help
         return int(e.code or 0)
     if getattr(args, "root", None):

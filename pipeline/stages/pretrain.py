@@ -254,6 +254,14 @@ def _finish(logger, exit_code: int = 0):
 
 def pretrain_cli(args) -> int:
     cfg = build_config(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides)
+    if args.print_config:
+        from ..config_sources import resolved_yaml
+        from .show_config import header
+
+        print(resolved_yaml(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides,
+                            header=header("pretrain", args, [args.benchmark, "--method", args.method,
+                                                             "--preset", args.preset, *args.overrides])), end="")
+        return 0
     ws = Workspace.open()
     res = pretrain(cfg, ws, force=args.force)
     if res.status == "worker":  # a DDP rank > 0: rank 0 reports

@@ -18,7 +18,8 @@ from ..workspace import Workspace, atomic_write_text
 FIXED = ("benchmark", "method", "preset", "seed")
 
 
-def parse_trial_argv(argv: list[str]):
+def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
+    """benchmark, method, preset, seed and the config overrides of a trial's argv."""
     ov = parse_overrides([a for a in argv if a != "--"])
     if "benchmark" not in ov:
         raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
@@ -27,7 +28,16 @@ def parse_trial_argv(argv: list[str]):
     preset = str(ov.pop("preset", "cpu"))
     seed = ov.pop("seed", None)
     benchmark = str(ov.pop("benchmark"))
-    return build_config(benchmark, method, preset, seed=None if seed is None else int(seed), overrides=ov), spec
+    try:
+        seed = None if seed is None else int(seed)
+    except (TypeError, ValueError):
+        raise UsageError(f"--seed must be an integer, got {seed!r}") from None
+    return benchmark, method, preset, seed, ov
+
+
+def parse_trial_argv(argv: list[str]):
+    benchmark, method, preset, seed, ov = trial_arguments(argv)
+    return build_config(benchmark, method, preset, seed=seed, overrides=ov), benchmark_spec(benchmark)
 
 
 def _write_result(status: str, run_id: str | None, metrics: dict):
@@ -43,6 +53,14 @@ def trial_cli(args) -> int:
     from .probe import probe
 
     cfg, spec = parse_trial_argv(args.argv)
+    if getattr(args, "print_config", False):
+        from ..config_sources import resolved_yaml
+        from .show_config import header
+
+        benchmark, method, preset, seed, ov = trial_arguments(args.argv)
+        print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
+                            header=header("trial", args, list(args.argv))), end="")
+        return 0
     ws = Workspace.open()
     sweep_id = os.environ.get("WANDB_SWEEP_ID")
     if os.environ.get("INFMASK_LOCAL_SWEEP") == "1" and sweep_id:

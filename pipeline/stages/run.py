@@ -29,6 +29,11 @@ def run_cli(args) -> int:
     if getattr(args, "print_config", False):
         return _print_configs(args, methods, variants, seeds)
     ws = Workspace.open()
+    shape = [f"{len(methods)} method{'s' * (len(methods) != 1)}"]
+    shape += [f"{len(variants)} data variants"] if len(variants) > 1 else []
+    shape += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
+    print(f"infmask run {args.benchmark}: {len(configs)} runs ({' × '.join(shape)}), preset {args.preset}, "
+          f"workspace {ws.root}; each run is pretrained, then probed; the table comes last", flush=True)
     from .data_stages import ensure_data
     from .pretrain import pretrain
     from .probe import probe

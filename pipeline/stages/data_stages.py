@@ -1,8 +1,8 @@
 """`infmask download` and `infmask preprocess`: thin wrappers over the dataset registry."""
 from __future__ import annotations
 
+import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from data.registry import DATASETS, dataset_for
@@ -34,44 +34,45 @@ def download_cli(args) -> int:
         raise UsageError("name a dataset (or --list); valid: " + ", ".join(DATASETS))
     entry = dataset_for(args.dataset)
     ws = Workspace.open()
-    with _stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
-                                                 "data_seed": args.data_seed}) as run:
-        t0 = time.time()
-        out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
-        _log_dir(run, out, time.time() - t0)
+    t0 = time.time()
+    out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
+    _log_stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
+                                                "data_seed": args.data_seed}, out, time.time() - t0)
     return 0
 
 
-@contextmanager
-def _stage_run(ws, stage: str, name: str, config: dict):
-    """Each data stage is a (small) W&B run too, so the whole pipeline shows up on the dashboard."""
+def _log_stage_run(ws, stage: str, name: str, config: dict, out, seconds: float) -> None:
+    """Each data stage that did its work is a (small) W&B run too, so the whole pipeline shows up on the dashboard.
+    Started afterwards: a stage refused for bad input (exit 2: credentials, a bad file) leaves no run to sync."""
     from ..tracking import start_stage_run
 
     run = start_stage_run(ws, stage, name, config)
+    if run is None:
+        return
     try:
-        yield run
-    except BaseException:
-        if run is not None:
-            run.finish(exit_code=1)
-        raise
-    if run is not None:
+        if out is not None:
+            files = [p for p in Path(out).rglob("*") if p.is_file()]
+            run.summary.update({"data/seconds": seconds, "data/files": len(files),
+                                "data/bytes": sum(p.stat().st_size for p in files), "data/path": str(out)})
+    finally:
         run.finish()
 
 
-def _log_dir(run, out, seconds: float):
-    if run is None or out is None:
-        return
-    files = [p for p in Path(out).rglob("*") if p.is_file()]
-    run.summary.update({"data/seconds": seconds, "data/files": len(files),
-                        "data/bytes": sum(p.stat().st_size for p in files), "data/path": str(out)})
+# Data this process has already made sure of: `infmask run` prepares every variant up front, then its pretrain
+# and probe steps ask again; they get the answer without a second check or a second "nothing to do" line.
+_ENSURED: dict[tuple, object] = {}
 
 
 def ensure_data(cfg, ws, force: bool = False):
     """Download (if generated or already fetched) and preprocess what `cfg` trains on; both steps are idempotent."""
+    key = (str(ws.root), json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str))
+    if key in _ENSURED and not force and (_ENSURED[key] is None or Path(_ENSURED[key]).exists()):
+        return _ENSURED[key]
     entry = dataset_for(cfg.data.dataset)
     if entry.kind == "generated":
         entry.stage("download")(ws, entry, data_seed=cfg.data.data_seed)
-    return entry.stage("preprocess")(ws, entry, cfg, force=force)
+    _ENSURED[key] = out = entry.stage("preprocess")(ws, entry, cfg, force=force)
+    return out
 
 
 def preprocess_cli(args) -> int:
@@ -83,12 +84,11 @@ def preprocess_cli(args) -> int:
     cfg = build_config(args.benchmark, method, args.preset, overrides=args.overrides)
     ws = Workspace.open()
     entry = dataset_for(cfg.data.dataset)
-    with _stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}", {"benchmark": args.benchmark,
-                                                                         "preset": args.preset,
-                                                                         "data": cfg.to_dict()["data"]}) as run:
-        t0 = time.time()
-        out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
-        _log_dir(run, out, time.time() - t0)
+    t0 = time.time()
+    out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
+    _log_stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}",
+                   {"benchmark": args.benchmark, "preset": args.preset, "data": cfg.to_dict()["data"]}, out,
+                   time.time() - t0)
     return 0
 
 

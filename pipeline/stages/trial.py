@@ -16,6 +16,8 @@ from ..errors import InfmaskError, Preempted, UsageError
 from ..workspace import Workspace, atomic_write_text
 
 FIXED = ("benchmark", "method", "preset", "seed")
+CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, then exit 0 without training
+CHECK_PASSED = "infmask trial: command check passed:"
 
 
 def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
@@ -47,11 +49,6 @@ def _write_result(status: str, run_id: str | None, metrics: dict):
 
 
 def trial_cli(args) -> int:
-    import wandb
-
-    from .pretrain import pretrain
-    from .probe import probe
-
     cfg, spec = parse_trial_argv(args.argv)
     if getattr(args, "print_config", False):
         from ..config_sources import resolved_yaml
@@ -61,16 +58,28 @@ def trial_cli(args) -> int:
         print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
                             header=header("trial", args, list(args.argv))), end="")
         return 0
+    if os.environ.get(CHECK_ENV) == "1":  # `infmask sweep` trying the command it will run (pipeline/sweep_command.py)
+        print(f"{CHECK_PASSED} {cfg.run_id}")
+        return 0
     ws = Workspace.open()
     sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    # The agent's run id (W&B's, or the trial id `infmask sweep` gives): the W&B run's id and folder name.
+    agent_run_id = os.environ.get("WANDB_RUN_ID") or None
+    print(f"infmask trial {cfg.run_id}: pretrain + probe, preset {cfg.preset}, workspace {ws.root}"
+          + (f", sweep {sweep_id} run {agent_run_id}" if sweep_id else ""), flush=True)
     if os.environ.get("INFMASK_LOCAL_SWEEP") == "1" and sweep_id:
         # The embedded runner's sweep id exists on no W&B server, and `wandb sync` refuses runs that name an
-        # unknown sweep: keep it as a tag (and in the results store) instead, so the offline runs sync.
+        # unknown sweep: keep it as a tag (and in the results store) instead, so the offline runs sync. The
+        # parameter file stays: wandb adds its flat keys (model.mask_ratio) to the run's config, as under an agent.
         os.environ.pop("WANDB_SWEEP_ID")
-        os.environ.pop("WANDB_SWEEP_PARAM_PATH", None)
         cfg.tracking.tags = [*cfg.tracking.tags, f"sweep:{sweep_id}"]
+    import wandb
+
+    from .pretrain import pretrain
+    from .probe import probe
+
     try:
-        res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True)
+        res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True, stage="trial", wandb_run_id=agent_run_id)
         if res.status == "worker":
             return 0
         metrics = probe(res.run_dir / "checkpoints" / f"{cfg.probe.checkpoint}.ckpt", ws, force=True,

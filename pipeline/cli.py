@@ -16,7 +16,8 @@ STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial
           "agent-script", "notebooks", "config")
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
-`run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config); `sweep` runs a
+`run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config; `infmask
+--benchmark=B ...` without a stage is a trial too, as W&B's default sweep command starts it); `sweep` runs a
 sweep file here with W&B's own sweep engine; `bench` times the training step; `config` prints the resolved config
 with each key's source (also `--print-config` on pretrain, run and trial).
 Config overrides: key=value or --key=value (e.g. model.mask_ratio=0.5 --model.temperature=0.2).
@@ -194,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         # ("run ID ... is in use" when a killed run resumes).
         os.environ.pop("WANDB_SERVICE", None)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in STAGES and "=" in argv[0]:
+        # No stage, and the first argument is a config key (`--benchmark=mosi` or `benchmark=mosi`): an agent's
+        # argv under W&B's default command, `${env} ${interpreter} ${program} ${args}`. That is a trial.
+        argv = ["trial", *argv]
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)

@@ -103,10 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     _add_root(p)
 
-    p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)")
+    p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)",
+                       description="Tables are built from the runs made outside sweeps unless --sweep says "
+                                   "otherwise; --preset, --tag and --group narrow the runs (comma-separated or "
+                                   "repeated). The footnote of each table says which runs it read.")
     p.add_argument("--table", default=None, help="trifeatures | multibench | multibench3 | mmimdb | all")
-    p.add_argument("--sweep", default=None, help="report one sweep: best config, test mean ± std, heat map")
+    p.add_argument("--sweep", default=None,
+                   help="report sweep ID (or all): best config, test mean ± std, heat map; with --table, the "
+                        "table is built from that sweep's trials")
     p.add_argument("--benchmark", default=None, help="with --sweep: all sweeps of this benchmark")
+    p.add_argument("--preset", action="append", default=None, help="tables: only runs of this preset")
+    p.add_argument("--tag", action="append", default=None, help="tables: only runs with this tag (tracking.tags)")
+    p.add_argument("--group", action="append", default=None,
+                   help="tables: only this group (benchmark/method/hash as in W&B, or a config hash prefix)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the table to W&B")
     _add_root(p)
 

@@ -1,8 +1,10 @@
 """Third-party notices that say nothing to an infmask user, stopped where they start. Warnings stay on.
 
-- Lightning's console logger prints info lines on every fit: device availability (our own first lines name the
+- Lightning's trainer logger prints info lines on every fit: device availability (our own first lines name the
   device), a tip advertising another logger, "`Trainer.fit` stopped". Its level goes to WARNING, which keeps every
   warning. (`limit_*_batches=1.0` notices are avoided at the call: pretrain passes those keys only when set.)
+  Fabric's logger keeps its info lines: they appear only under DDP (`Initializing distributed: GLOBAL_RANK: 1,
+  MEMBER: 2/2`, one per rank), where they say which ranks joined.
 - Lightning 2.6 builds its data-loader tree with torch's deprecated `LeafSpec()` constructor, and torch 2.13 warns
   about that on every fit: the constructor is swapped for torch's own replacement, `treespec_leaf()`, which returns
   the same kind of object without the deprecation.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 
-LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric")
+LIGHTNING_LOGGERS = ("lightning.pytorch", "pytorch_lightning")
 
 
 def quiet_third_party() -> None:

@@ -59,18 +59,33 @@ def _log_stage_run(ws, stage: str, name: str, config: dict, out, seconds: float)
 
 
 # Data this process has already made sure of: `infmask run` prepares every variant up front, then its pretrain
-# and probe steps ask again; they get the answer without a second check or a second "nothing to do" line.
+# and probe steps ask again; they get the answer without a second check or a second "nothing to do" line. Keyed by
+# the processed folder where the dataset's stages module says which it is (Trifeatures' biased and unbiased runs
+# share one), else by the whole data section.
 _ENSURED: dict[tuple, object] = {}
+
+
+def _data_key(cfg, ws, entry) -> tuple:
+    import importlib
+
+    where = getattr(importlib.import_module(entry.preprocess.split(":")[0]), "processed_dir", None)
+    if where is not None:
+        try:
+            return str(ws.root), str(where(ws, cfg))
+        except Exception:  # noqa: BLE001 - a stages module that needs more than (ws, cfg): use the data section
+            pass
+    return str(ws.root), json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
 
 
 def ensure_data(cfg, ws, force: bool = False):
     """Download (if generated or already fetched) and preprocess what `cfg` trains on; both steps are idempotent."""
-    key = (str(ws.root), json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str))
+    entry = dataset_for(cfg.data.dataset)
+    key = _data_key(cfg, ws, entry)
     if key in _ENSURED and not force and (_ENSURED[key] is None or Path(_ENSURED[key]).exists()):
         return _ENSURED[key]
-    entry = dataset_for(cfg.data.dataset)
-    if entry.kind == "generated":
-        entry.stage("download")(ws, entry, data_seed=cfg.data.data_seed)
+    generated = (str(ws.root), entry.name, cfg.data.data_seed)
+    if entry.kind == "generated" and (generated not in _ENSURED or force):
+        _ENSURED[generated] = entry.stage("download")(ws, entry, data_seed=cfg.data.data_seed)
     _ENSURED[key] = out = entry.stage("preprocess")(ws, entry, cfg, force=force)
     return out
 

@@ -270,7 +270,8 @@ def _describe_device(trainer) -> str:
     except Exception:  # a strategy that resolves its device only when it launches
         where = str(trainer.accelerator.__class__.__name__).removesuffix("Accelerator").lower()
     if trainer.world_size > 1:
-        where = f"{trainer.world_size} processes on {where.split(':')[0]} ({trainer.strategy.strategy_name})"
+        strategy = type(trainer.strategy).__name__.removesuffix("Strategy").lower()
+        where = f"{trainer.world_size} processes on {where.split(':')[0]} ({strategy})"
     return f"{where}, precision {trainer.precision}"
 
 

@@ -2,6 +2,8 @@
 what it did (pretrain+probe), with the config shape a W&B agent's run has (nested sections plus the flat sweep
 keys), summaries declared only for keys it logs; a refused download leaves no run to sync."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -58,23 +60,20 @@ def test_config_has_the_agent_shape(trial_ws, tmp_path, monkeypatch):
     assert cfg["model"]["mask_ratio"] == 0.5 and cfg["model.mask_ratio"] == 0.5
     assert set(params) <= set(cfg) and {"data", "model", "optim", "trainer", "probe"} <= set(cfg)
 
-    # a run started as a W&B agent starts it (sweep id, run id and parameter file in the environment)
-    import wandb
-
-    from pipeline.config import build_config
+    # a run started as a W&B agent starts it: a fresh process with the sweep id, run id and parameter file in its
+    # environment (wandb reads them once per process)
     from pipeline.sweeping import write_param_file
-    from pipeline.tracking import start_run
-    from pipeline.workspace import Workspace
 
     param_file = tmp_path / "config-agentrun.yaml"
     write_param_file(str(param_file), params)
-    for key, value in (("WANDB_SWEEP_ID", "abc123"), ("WANDB_RUN_ID", "agentrun"),
-                       ("WANDB_SWEEP_PARAM_PATH", str(param_file)), ("WANDB_MODE", "offline")):
-        monkeypatch.setenv(key, value)
-    ws = Workspace.open(tmp_path / "agent")
-    run = start_run(build_config("trifeatures", "infmasking", "smoke", overrides={"model.mask_ratio": 0.5}), ws,
-                    "trial")
-    run.finish()
+    env = dict(os.environ, WANDB_SWEEP_ID="abc123", WANDB_RUN_ID="agentrun", WANDB_SWEEP_PARAM_PATH=str(param_file),
+               WANDB_MODE="offline")
+    code = ("from pipeline.config import build_config; from pipeline.tracking import start_run; "
+            "from pipeline.workspace import Workspace; "
+            f"cfg = build_config('trifeatures', 'infmasking', 'smoke', overrides={{'model.mask_ratio': 0.5}}); "
+            f"start_run(cfg, Workspace.open({str(tmp_path / 'agent')!r}), 'trial').finish()")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
     agent = config(records(next((tmp_path / "agent" / "wandb").glob("offline-run-*-agentrun"))))
     assert set(agent) - {"_wandb"} == set(cfg) - {"_wandb"}
 

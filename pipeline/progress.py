@@ -84,10 +84,10 @@ class EpochBar(TQDMProgressBar):
         # Lightning's own body, with our label (calling it first would draw `Epoch 0` before the label changes)
         if self._leave:
             self.train_progress_bar = self.init_train_tqdm()
+        self.train_progress_bar.set_description(epoch_label(trainer), refresh=False)
         self.train_progress_bar.reset()
         self.train_progress_bar.total = convert_inf(self.total_train_batches)
         self.train_progress_bar.initial = 0
-        self.train_progress_bar.set_description(epoch_label(trainer))
         self._t0 = time.time()
 
     def get_metrics(self, trainer, pl_module):

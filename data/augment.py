@@ -263,16 +263,24 @@ class FastGrayscale(nn.Module):
 
 class ImageSSLAugment(nn.Module):
     """SimCLR-style view: RandomResizedCrop, ColorJitter(0.4,0.4,0.4,0.1; p=0.8), RandomGrayscale(0.2),
-    GaussianBlur(σ∈[0.1,2]; p=0.5), HorizontalFlip, ImageNet Normalize. Output float32 (B, 3, size, size)."""
+    GaussianBlur(σ∈[0.1,2]; p=0.5), HorizontalFlip, ImageNet Normalize. Output float32 (B, 3, size, size).
+
+    ``blur_sigma`` is the blur's σ range in pixels. SimCLR's (0.1, 2) is meant for 224 px images; on smaller
+    images the same σ erases proportionally more detail (Trifeatures' textures have a 10 px period at 224 px),
+    so low-resolution presets scale it with the image side.
+    """
 
     IMPLS = ("fast", "kornia")
 
-    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), impl: str = "fast"):
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0), impl: str = "fast",
+                 blur_sigma: tuple[float, float] = (0.1, 2.0)):
         super().__init__()
         if int(size) < 8:
             raise ValueError(f"size: must be >= 8, got {size}")
         if not (0 < scale[0] <= scale[1] <= 1):
             raise ValueError(f"scale: must satisfy 0 < min <= max <= 1, got {scale}")
+        if not (len(blur_sigma) == 2 and 0 < blur_sigma[0] <= blur_sigma[1]):
+            raise ValueError(f"blur_sigma: must be (min, max) with 0 < min <= max, got {blur_sigma}")
         if impl not in self.IMPLS:
             raise ValueError(f"impl: must be one of {', '.join(self.IMPLS)}, got {impl!r}")
         self.size, self.impl = int(size), impl
@@ -284,14 +292,14 @@ class ImageSSLAugment(nn.Module):
                 FastRandomResizedCropFlip(self.size, scale=tuple(scale)),
                 FastColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
                 FastGrayscale(p=0.2),
-                FastGaussianBlur(k, sigma=(0.1, 2.0), p=0.5),
+                FastGaussianBlur(k, sigma=tuple(blur_sigma), p=0.5),
             )
         else:
             self.ops = nn.Sequential(
                 K.RandomResizedCrop((self.size, self.size), scale=tuple(scale)),
                 FastColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8),
                 K.RandomGrayscale(p=0.2),
-                K.RandomGaussianBlur(k, sigma=(0.1, 2.0), p=0.5),
+                K.RandomGaussianBlur(k, sigma=tuple(blur_sigma), p=0.5),
                 K.RandomHorizontalFlip(),
             )
 

@@ -165,6 +165,7 @@ class TrifeaturesDataModule(BenchmarkDataModule):
 
     def __init__(self, processed_dir: Path, biased: bool = False, batch_size: int = 64, num_workers: int = 0,
                  image_size: int = 224, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 blur_sigma: tuple[float, float] = (0.1, 2.0),
                  probe_random_crop: bool = False, drop_last: bool = False, pin_memory: bool = False,
                  check_integrity: bool = True):
         super().__init__(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last, pin_memory=pin_memory)
@@ -172,7 +173,7 @@ class TrifeaturesDataModule(BenchmarkDataModule):
         self.biased = bool(biased)
         self.image_size = int(image_size)
         self.check_integrity = bool(check_integrity)
-        self.ssl_augment = ImageSSLAugment(self.image_size, scale=tuple(crop_scale))
+        self.ssl_augment = ImageSSLAugment(self.image_size, scale=tuple(crop_scale), blur_sigma=tuple(blur_sigma))
         self.probe_transform = ImageProbeTransform(self.image_size, probe_random_crop=probe_random_crop)
         self._splits: dict[str, dict] | None = None
 

@@ -1,89 +1,47 @@
-"""Verified, resumable, single-writer downloads (HTTP and Google Drive).
+"""Verified, resumable, single-writer downloads (HTTP and Google Drive), and checks of files placed by hand.
 
 ``download`` is the one way a file from the internet enters the workspace:
 
-* bytes go to ``<dest>.part``; an interrupted transfer resumes with an HTTP ``Range`` request (guarded by
-  ``If-Range`` so a file that changed upstream restarts instead of being spliced);
-* connection errors, timeouts, 408/429 and 5xx are retried with exponential back-off; other 4xx fail at once;
-* only after the size and sha256 check does ``.part`` become ``dest`` (``os.replace``), so ``dest`` is never a
-  partial or corrupt file; a mismatch moves the bytes to ``<dest>.quarantine`` and raises ``ChecksumError``;
-* published checksums are unknown for the MultiBench files, so with ``tofu_store`` the first verified download
-  records {url, size, sha256} ("trust on first use") and every later download must match it;
-* ``flock`` on ``<dest>.lock`` serialises processes: the second waits, then finds ``dest`` complete;
-* a ``<dest>.verified.json`` stamp (size, mtime, sha256) lets an existing file be accepted without re-hashing it.
+* bytes go to ``<dest>.part`` (data/transfer.py moves them: resume only where a splice would be caught, partial
+  answers verified, no body of unknown length accepted short, HTML never taken for the file, retries with back-off);
+* the finished bytes must match the size and sha256 expected: given explicitly, or the trust-on-first-use record
+  kept under ``tofu_key`` in ``tofu_store`` (data/trust_store.py); a mismatch moves them to ``<dest>.quarantine``
+  and raises ``ChecksumError``;
+* ``check`` (the caller's content check: does the pickle load and fit its schema, does the archive list the
+  expected files) runs on those bytes before anything trusts them; a failure quarantines them (``ContentError``);
+* only then is a first download recorded in the trust store, ``.part`` renamed to ``dest`` (``os.replace``, so
+  ``dest`` is never partial or unchecked) and ``dest`` stamped ``<dest>.verified.json`` (size, mtime, sha256, source
+  URL), which lets it be accepted later without hashing or checking it again;
+* ``flock`` on ``<dest>.lock`` serialises processes: the second waits, then finds ``dest`` complete.
 
-Google Drive answers large files with an HTML "virus scan warning" page whose form (fields ``id``, ``export``,
-``confirm``, ``uuid``) has to be submitted to get the bytes; ``download`` follows that form itself.
+URLs are shown, logged and written only without credentials (``data/urls.redact_url``).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
-import fcntl
 import hashlib
-import html.parser
-import json
 import logging
 import os
-import random
 import re
 import sys
-import time
 import urllib.parse
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Callable
 
 import requests
-import urllib3
 
-__all__ = ["DownloadError", "ChecksumError", "download", "drive_url", "verify_file", "sha256_file",
-           "verified_record"]
+from . import trust_store
+from .durable import fsync_dir, locked, write_json_atomic
+from .transfer import ChecksumError, ContentError, DownloadError, PartHash, human, read_json, transfer
+from .urls import redact_url
+
+__all__ = ["DownloadError", "ChecksumError", "ContentError", "download", "drive_url", "verify_file", "sha256_file",
+           "verified_record", "stamped_source"]
 
 log = logging.getLogger(__name__)
 
-# Seconds between plain progress log lines when stderr is not a terminal (tests lower it).
-_LOG_EVERY = 10.0
-_MAX_BACKOFF = 60.0
-# An attempt that adds this many bytes before failing restores the retry budget (a trickle does not).
-_PROGRESS_RESET = 8 << 20
-_HTML_SNIFF = 1 << 20  # an HTML confirm/error page is far smaller than this
-_USER_AGENT = "infmask-fetch/1 (+python-requests)"
+Check = Callable[[Path], None]  # raises ValueError (or OSError) naming what is wrong with the file
 
-
-class DownloadError(RuntimeError):
-    """A download failed; ``url`` and, for HTTP errors, ``status`` say which and why."""
-
-    def __init__(self, message: str, *, url: str, status: int | None = None):
-        super().__init__(message)
-        self.url = url
-        self.status = status
-
-
-class ChecksumError(DownloadError):
-    """The bytes do not match the expected (or first-seen) size/sha256; they were quarantined, not kept."""
-
-    def __init__(self, message: str, *, url: str, quarantine: Path | None = None):
-        super().__init__(message, url=url)
-        self.quarantine = quarantine
-
-
-class _Transient(Exception):
-    """A failure worth retrying (connection, timeout, 408/429/5xx)."""
-
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
-        super().__init__(reason)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class _Restart(Exception):
-    """The partial file cannot be continued; start again from byte 0 (not counted as a failure)."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# small helpers
 
 def drive_url(file_id: str) -> str:
     """The direct-download URL of a public Google Drive file id."""
@@ -104,95 +62,17 @@ def _sidecar(dest: Path, suffix: str) -> Path:
     return dest.with_name(dest.name + suffix)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    json.loads(tmp.read_text())  # verify before it replaces the old one
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
-        return None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path, what: str) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            log.info("waiting for another process to finish %s (lock %s)", what, lock_path)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            log.info("lock %s acquired", lock_path)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# trust on first use
-
-def _tofu_get(store: Path, url: str) -> dict | None:
-    data = _read_json(store) or {}
-    return (data.get("files") or {}).get(url)
-
-
-def _tofu_put(store: Path, url: str, size: int, sha256: str, name: str) -> None:
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(_sidecar(store, ".lock"), f"updating {store.name}"):
-        data = _read_json(store) or {}
-        files = data.setdefault("files", {})
-        if url in files:  # another process recorded it meanwhile; the first record stays the reference
-            return
-        data["version"] = 1
-        files[url] = {"url": url, "size": size, "sha256": sha256, "name": name,
-                      "recorded": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        _write_json_atomic(store, data)
-    log.info("trust on first use: recorded size %d and sha256 %s of %s in %s", size, sha256, url, store)
-
-
 class _Expect:
-    """What the finished file must be: an explicit sha256/size, else the TOFU record (if any)."""
+    """What the finished file must be: an explicit sha256/size, else the trust record under ``key`` (if any)."""
 
-    def __init__(self, url: str, sha256: str | None, size: int | None, store: Path | None):
+    def __init__(self, key: str, sha256: str | None, size: int | None, store: Path | None):
         self.sha256, self.size, self.source = sha256, size, "expected_sha256"
         self.record = None
         if sha256 is None and store is not None:
-            self.record = _tofu_get(store, url)
+            self.record = trust_store.get(store, key)
             if self.record is not None:
                 self.sha256 = self.record["sha256"]
-                self.source = f"the first-use record in {store} ({self.record.get('recorded', '?')})"
+                self.source = f"the first-use record of {key} in {store} ({self.record.get('recorded', '?')})"
         self.record_size = None if self.record is None else int(self.record["size"])
 
     def max_size(self) -> int | None:
@@ -209,318 +89,51 @@ class _Expect:
         return None
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Google Drive's confirm page
-
-class _FormParser(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: list[dict] = []
-        self.links: list[str] = []
-        self.title = ""
-        self._in_title = False
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        a = {k: (v or "") for k, v in attrs}
-        if tag == "form":
-            self.forms.append({"action": a.get("action", ""), "method": a.get("method", "get").lower(),
-                               "inputs": {}})
-        elif tag == "input" and self.forms and a.get("name"):
-            self.forms[-1]["inputs"][a["name"]] = a.get("value", "")
-        elif tag == "a" and "confirm=" in a.get("href", ""):
-            self.links.append(a["href"])
-        elif tag == "title":
-            self._in_title = True
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
-
-
-def _confirm_target(page: str, page_url: str, cookies: dict) -> tuple[str | None, str]:
-    """The URL that the Drive "download anyway" form (or older confirm link/cookie) leads to, and the page title."""
-    parser = _FormParser()
+def _content_problem(check: Check | None, path: Path) -> str | None:
+    if check is None:
+        return None
     try:
-        parser.feed(page)
-    except Exception:  # a malformed page simply has no usable form
-        return None, ""
-    title = " ".join(parser.title.split())
-    for form in parser.forms:
-        if "confirm" in form["inputs"] and form["method"] == "get":
-            action = urllib.parse.urljoin(page_url, form["action"] or page_url)
-            parts = urllib.parse.urlsplit(action)
-            query = urllib.parse.urlencode(form["inputs"])
-            return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, query, "")), title
-    if parser.links:  # the pre-2024 page: <a href="/uc?export=download&confirm=XXXX&id=...">
-        return urllib.parse.urljoin(page_url, parser.links[0]), title
-    for name, value in cookies.items():  # the oldest flow: the token is only in a download_warning cookie
-        if name.startswith("download_warning"):
-            parts = urllib.parse.urlsplit(page_url)
-            query = dict(urllib.parse.parse_qsl(parts.query))
-            query["confirm"] = value
-            return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query))), title
-    return None, title
-
-
-def _is_google(url: str) -> bool:
-    host = (urllib.parse.urlsplit(url).hostname or "").lower()
-    return host == "google.com" or host.endswith(".google.com") or host.endswith(".googleusercontent.com")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# progress
-
-class _Progress:
-    def __init__(self, name: str, total: int | None, initial: int, enabled: bool):
-        self.name, self.total, self.done = name, total, initial
-        self.bar = None
-        self.enabled = enabled
-        self.t0 = self.last = time.monotonic()
-        self.start_bytes = initial
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                            desc=name, leave=False, dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.enabled and time.monotonic() - self.last >= _LOG_EVERY:
-            self.last = time.monotonic()
-            self._line()
-
-    def _line(self) -> None:
-        rate = (self.done - self.start_bytes) / max(time.monotonic() - self.t0, 1e-6)
-        of = f" / {_human(self.total)} ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        log.info("%s: %s%s at %s/s", self.name, _human(self.done), of, _human(rate))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# one transfer attempt
-
-_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)
-
-
-def _network_reason(exc: BaseException, timeout: float) -> str:
-    text = str(exc)
-    if isinstance(exc, (requests.Timeout, TimeoutError)) or "timed out" in text.lower():
-        return f"timed out (no data for {timeout:g} s): {text}"
-    return f"connection error: {text}"
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if value and value.strip().isdigit():
-        return min(float(value), _MAX_BACKOFF)
+        check(path)
+    except (ValueError, OSError) as e:
+        return str(e)
     return None
 
 
-class _PartHash:
-    """sha256 of ``.part`` kept in step with the bytes written, so a finished download needs no second read."""
-
-    def __init__(self, part: Path, chunk: int):
-        self.part, self.chunk = part, chunk
-        self.h = hashlib.sha256()
-        self.length = 0
-
-    def sync(self) -> int:
-        size = self.part.stat().st_size if self.part.exists() else 0
-        if size != self.length:
-            self.h, self.length = hashlib.sha256(), 0
-            if size:
-                with open(self.part, "rb") as fh:
-                    while block := fh.read(self.chunk):
-                        self.h.update(block)
-                        self.length += len(block)
-        return self.length
-
-    def reset(self) -> None:
-        self.h, self.length = hashlib.sha256(), 0
-
-    def update(self, block: bytes) -> None:
-        self.h.update(block)
-        self.length += len(block)
-
-
-def _content_range(value: str | None) -> tuple[int | None, int | None, int | None]:
-    """(start, end, total) of 'bytes a-b/N' or 'bytes */N'; None where absent or '*'."""
-    m = re.fullmatch(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", value or "")
-    if not m:
-        return None, None, None
-    start, end, total = m.groups()
-    return (int(start) if start else None, int(end) if end else None, int(total) if total not in (None, "*") else None)
-
-
-def _get(session: requests.Session, url: str, headers: dict, timeout: float) -> tuple[requests.Response, bytes]:
-    """GET ``url``, following a Drive confirm page; returns the response and any body bytes already read."""
-    for _hop in range(4):
-        try:
-            resp = session.get(url, headers=headers, stream=True, timeout=(timeout, timeout), allow_redirects=True)
-        except _NETWORK_ERRORS as exc:
-            raise _Transient(_network_reason(exc, timeout)) from exc
-        ctype = resp.headers.get("Content-Type", "").lower()
-        if resp.status_code != 200 or not ctype.startswith("text/html"):
-            return resp, b""
-        try:
-            head = b""
-            for block in _blocks(resp, 64 << 10):
-                head += block
-                if len(head) >= _HTML_SNIFF:
-                    break
-        except _NETWORK_ERRORS as exc:
-            resp.close()
-            raise _Transient(_network_reason(exc, timeout)) from exc
-        text = head.decode(resp.encoding or "utf-8", errors="replace")
-        target, title = _confirm_target(text, resp.url, resp.cookies.get_dict())
-        if target is not None:
-            resp.close()
-            log.info("%s answered with a confirm page (%s); submitting its form", url, title or "no title")
-            url = target
-            continue
-        if _is_google(resp.url):
-            resp.close()
-            raise DownloadError(
-                f"Google Drive returned an HTML page instead of the file for {url}: {title or 'untitled page'}. "
-                "The file may be over its download quota (try again later) or no longer shared publicly; "
-                "download it in a browser and place it at the destination to continue.", url=url, status=200)
-        return resp, head
-    raise DownloadError(f"too many confirm pages in a row for {url}", url=url)
-
-
-def _attempt(session: requests.Session, url: str, part: Path, meta_path: Path, hasher: _PartHash,
-             expect: _Expect, *, timeout: float, chunk: int, progress: bool, name: str) -> None:
-    """Bring ``part`` to the complete file, resuming when possible. Raises _Transient / _Restart / errors."""
-    offset = hasher.sync()
-    meta = _read_json(meta_path) or {}
-    if offset and meta.get("url") not in (None, url):
-        log.info("%s: discarding a partial file from another source", part.name)
-        raise _Restart
-    limit = expect.max_size()
-    if limit is not None and offset > limit:
-        raise _Restart
-    known_total = meta.get("total") if meta.get("total") is not None else limit
-    if offset and known_total is not None and offset == known_total:
-        return  # complete from an earlier attempt; only verification is left
-
-    headers = {"Accept-Encoding": "identity", "User-Agent": _USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-        etag = meta.get("etag") or ""
-        validator = (etag if etag and not etag.startswith("W/") else None) or meta.get("last_modified")  # strong only
-        if validator:
-            headers["If-Range"] = validator
-    resp, head = _get(session, url, headers, timeout)
-    with resp:
-        status = resp.status_code
-        if status == 416:
-            _, _, total = _content_range(resp.headers.get("Content-Range"))
-            if offset and total is not None and offset == total:
-                return
-            log.info("%s: server refused the range (have %d bytes, it has %s); restarting", name, offset, total)
-            raise _Restart
-        if status in (408, 429) or status >= 500:
-            raise _Transient(f"HTTP {status} {resp.reason}", status=status, retry_after=_retry_after(resp))
-        if status >= 400:
-            hint = {401: " (authorisation required)", 403: " (access denied)", 404: " (no such file)",
-                    410: " (gone)"}.get(status, "")
-            raise DownloadError(f"HTTP {status} {resp.reason}{hint} for {url}", url=url, status=status)
-        if status == 206:
-            start, _, total = _content_range(resp.headers.get("Content-Range"))
-            if start != offset:
-                log.info("%s: server resumed at byte %s instead of %d; restarting", name, start, offset)
-                raise _Restart
-        elif status == 200:
-            if offset:
-                log.info("%s: server ignored the range request; restarting from byte 0", name)
-            total = int(resp.headers["Content-Length"]) if resp.headers.get("Content-Length", "").isdigit() else None
-        else:
-            raise DownloadError(f"unexpected HTTP {status} {resp.reason} for {url}", url=url, status=status)
-        if total is not None and limit is not None and total != limit:
-            raise ChecksumError(f"{url}: the server announces {total} bytes but {limit} are expected "
-                                f"({expect.problem(total, '') or 'size mismatch'}); the transfer was not started",
-                                url=url)
-        if status == 200:
-            part.write_bytes(b"")  # start clean: the server sends the whole file
-            hasher.reset()
-            offset = 0
-        _write_json_atomic(meta_path, {"url": url, "etag": resp.headers.get("ETag"),
-                                       "last_modified": resp.headers.get("Last-Modified"), "total": total})
-
-        bar = _Progress(name, total, offset, progress)
-        received = 0
-        try:
-            with open(part, "ab") as fh:
-                for block in _chain(head, _blocks(resp, chunk)):
-                    if not block:
-                        continue
-                    fh.write(block)
-                    hasher.update(block)
-                    received += len(block)
-                    bar.update(len(block))
-                    if limit is not None and offset + received > limit:
-                        raise ChecksumError(f"{url}: received more than the expected {limit} bytes", url=url)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except _NETWORK_ERRORS as exc:
-            raise _Transient(_network_reason(exc, timeout)) from exc
-        finally:
-            bar.close()
-        if total is not None and offset + received != total:
-            raise _Transient(f"connection closed after {offset + received} of {total} bytes")
-
-
-def _blocks(resp: requests.Response, chunk: int) -> Iterator[bytes]:
-    # read1 hands over whatever has arrived, so a dropped connection loses nothing already received (read(n) and
-    # iter_content discard a short last block). No content decoding: Range offsets count the bytes as sent, and a
-    # .tar.gz served with "Content-Encoding: gzip" must not be unpacked on the way in.
-    while True:
-        block = resp.raw.read1(chunk, decode_content=False)
-        if not block:
-            return
-        yield block
-
-
-def _chain(head: bytes, blocks: Iterator[bytes]) -> Iterator[bytes]:
-    if head:
-        yield head
-    yield from blocks
-
-
 # --------------------------------------------------------------------------------------------------------------
-# the public entry points
+# stamps
 
-def verified_record(dest: str | os.PathLike) -> dict | None:
-    """{url, size, sha256} of a file ``download`` completed, or None (for manifests)."""
-    dest = Path(dest)
-    stamp = _read_json(_sidecar(dest, ".verified.json"))
-    if not stamp or not dest.exists():
+def _valid_stamp(dest: Path) -> dict | None:
+    stamp = read_json(_sidecar(dest, ".verified.json"))
+    if not isinstance(stamp, dict) or not dest.exists():
         return None
     st = dest.stat()
-    if stamp.get("size") != st.st_size or stamp.get("mtime_ns") != st.st_mtime_ns:
+    if stamp.get("size") != st.st_size or stamp.get("mtime_ns") != st.st_mtime_ns or not stamp.get("sha256"):
         return None
-    return {k: stamp.get(k) for k in ("url", "size", "sha256")}
+    return stamp
+
+
+def verified_record(dest: str | os.PathLike) -> dict | None:
+    """{url, size, sha256} of a file ``download`` (or ``verify_file``) checked and stamped, or None."""
+    stamp = _valid_stamp(Path(dest))
+    return None if stamp is None else {k: stamp.get(k) for k in ("url", "size", "sha256")}
+
+
+def stamped_source(dest: str | os.PathLike) -> str | None:
+    """The source URL in ``dest``'s stamp, even a stale one (the file changed since): where that path's bytes came
+    from before, and so the record a changed copy is held to."""
+    stamp = read_json(_sidecar(Path(dest), ".verified.json"))
+    return stamp.get("url") if isinstance(stamp, dict) and isinstance(stamp.get("url"), str) else None
 
 
 def _stamp(dest: Path, url: str | None, sha256: str) -> None:
     st = dest.stat()
-    _write_json_atomic(_sidecar(dest, ".verified.json"),
-                       {"url": url, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256})
+    write_json_atomic(_sidecar(dest, ".verified.json"),
+                      {"url": url, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256})
 
 
 def _existing_sha(dest: Path, chunk: int) -> str:
-    stamp = _read_json(_sidecar(dest, ".verified.json")) or {}
-    st = dest.stat()
-    if stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns and stamp.get("sha256"):
+    stamp = _valid_stamp(dest)
+    if stamp is not None:
         return stamp["sha256"]
     log.info("hashing existing %s", dest)
     return sha256_file(dest, chunk)
@@ -529,7 +142,7 @@ def _existing_sha(dest: Path, chunk: int) -> str:
 def _check_args(url: str, expected_sha256: str | None, expected_size: int | None, retries: int, backoff: float,
                 timeout: float, chunk: int) -> str | None:
     if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise ValueError(f"url: expected an http(s) URL, got {url!r}")
+        raise ValueError(f"url: expected an http(s) URL, got {redact_url(str(url))!r}")
     if expected_sha256 is not None:
         if not isinstance(expected_sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256):
             raise ValueError(f"expected_sha256: not a sha256 hex digest: {expected_sha256!r}")
@@ -547,16 +160,24 @@ def _check_args(url: str, expected_sha256: str | None, expected_size: int | None
     return expected_sha256
 
 
-def download(url: str, dest: str | os.PathLike, *, expected_sha256: str | None = None,
-             expected_size: int | None = None, tofu_store: str | os.PathLike | None = None, retries: int = 5,
-             backoff: float = 0.5, timeout: float = 30.0, progress: bool = True, chunk: int = 1 << 20) -> Path:
-    """Download ``url`` to ``dest`` (verified, resumable, atomic, one process at a time) and return ``dest``.
+# --------------------------------------------------------------------------------------------------------------
+# the public entry points
 
+def download(url: str, dest: str | os.PathLike, *, expected_sha256: str | None = None,
+             expected_size: int | None = None, tofu_store: str | os.PathLike | None = None,
+             tofu_key: str | None = None, check: Check | None = None, retries: int = 5, backoff: float = 0.5,
+             timeout: float = 30.0, progress: bool = True, chunk: int = 1 << 20) -> Path:
+    """Download ``url`` to ``dest`` (verified, checked, resumable, atomic, one process at a time); return ``dest``.
+
+    Without ``expected_sha256``, the trust record under ``tofu_key`` (default: ``url`` without credentials) in
+    ``tofu_store`` is the reference, and a first download is recorded there once it passed ``check``.
     ``retries`` counts consecutive failed attempts; attempts that together add 8 MiB to the file restore the
-    budget, so a long transfer over a flaky link is not abandoned while it makes real progress. ``timeout`` bounds
-    both the connection and each wait for data. Raises ``DownloadError`` (``ChecksumError`` for wrong bytes).
+    budget. ``timeout`` bounds the connection and each wait for data. Raises ``DownloadError`` (``ChecksumError``
+    for wrong bytes, ``ContentError`` for bytes that fail ``check``) and ``trust_store.TrustStoreError``.
     """
     expected_sha256 = _check_args(url, expected_sha256, expected_size, retries, backoff, timeout, chunk)
+    shown = redact_url(url)
+    key = tofu_key or shown
     dest = Path(dest)
     if dest.is_dir():
         raise ValueError(f"dest: {dest} is a folder; give the file's path")
@@ -564,17 +185,19 @@ def download(url: str, dest: str | os.PathLike, *, expected_sha256: str | None =
     dest.parent.mkdir(parents=True, exist_ok=True)
     part, meta_path = _sidecar(dest, ".part"), _sidecar(dest, ".part.json")
     quarantine = _sidecar(dest, ".quarantine")
+    record_first_use = store is not None and expected_sha256 is None
 
-    with _locked(_sidecar(dest, ".lock"), f"downloading {dest}"):
-        expect = _Expect(url, expected_sha256, expected_size, store)
-
+    with locked(_sidecar(dest, ".lock"), f"downloading {dest}"):
+        expect = _Expect(key, expected_sha256, expected_size, store)
         if dest.exists():
+            stamp = _valid_stamp(dest)
             sha = _existing_sha(dest, chunk)
-            problem = expect.problem(dest.stat().st_size, sha)
+            problem = expect.problem(dest.stat().st_size, sha) or (
+                None if stamp is not None else _content_problem(check, dest))
             if problem is None:
-                _stamp(dest, url, sha)
-                if store is not None and expected_sha256 is None and expect.record is None:
-                    _tofu_put(store, url, dest.stat().st_size, sha, dest.name)
+                if record_first_use and expect.record is None:
+                    trust_store.put(store, key, dest.stat().st_size, sha, dest.name)
+                _stamp(dest, (stamp or {}).get("url") or shown, sha)
                 checked = "verified" if expect.sha256 or expect.size is not None else "unchecked (no checksum known)"
                 log.info("%s already present and %s (sha256 %s); not downloading", dest, checked, sha)
                 return dest
@@ -583,49 +206,60 @@ def download(url: str, dest: str | os.PathLike, *, expected_sha256: str | None =
             os.replace(dest, quarantine)
             _sidecar(dest, ".verified.json").unlink(missing_ok=True)
 
-        hasher = _PartHash(part, chunk)
-        fresh_retry = True  # one clean re-download if bytes spliced from an earlier attempt fail the check
-        with requests.Session() as session:
-            while True:
-                resumed = hasher.sync() > 0
-                log.info("downloading %s -> %s%s", url, dest, f" (resuming at {hasher.length} bytes)" if resumed
-                         else "")
-                try:
-                    _transfer(session, url, part, meta_path, hasher, expect, retries=retries, backoff=backoff,
-                              timeout=timeout, chunk=chunk, progress=progress, name=dest.name)
-                except ChecksumError as exc:
-                    _quarantine(part, meta_path, quarantine)
-                    exc.quarantine = quarantine if quarantine.exists() else None
-                    raise
-                hasher.sync()  # re-reads the file only if its size differs from what was hashed
-                size, sha = hasher.length, hasher.h.hexdigest()
-                problem = expect.problem(size, sha)
-                if problem is None:
-                    break
-                if resumed and fresh_retry:
-                    fresh_retry = False
-                    log.warning("%s: %s after resuming; discarding the partial file and downloading it afresh",
-                                dest.name, problem)
-                    part.unlink(missing_ok=True)
-                    meta_path.unlink(missing_ok=True)
-                    continue
-                _quarantine(part, meta_path, quarantine)
-                raise ChecksumError(f"checksum mismatch for {url}: {problem}. The bytes were moved to {quarantine}; "
-                                    f"{dest} was not created."
-                                    + (" If the upstream file legitimately changed, delete its entry from "
-                                       f"{store} and download again." if expect.record is not None else ""),
-                                    url=url, quarantine=quarantine)
-
+        size, sha = _fetch(url, shown, dest, part, meta_path, quarantine, expect, store, retries=retries,
+                           backoff=backoff, timeout=timeout, chunk=chunk, progress=progress)
+        problem = _content_problem(check, part)
+        if problem is not None:
+            _quarantine(part, meta_path, quarantine)
+            raise ContentError(f"{shown} did not serve the expected file: {problem}. The bytes were moved to "
+                               f"{quarantine}; {dest} was not created and nothing was recorded.", url=shown,
+                               quarantine=quarantine)
+        if record_first_use and expect.record is None:
+            trust_store.put(store, key, size, sha, dest.name)
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(part, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         meta_path.unlink(missing_ok=True)
-        _stamp(dest, url, sha)
-        if store is not None and expected_sha256 is None and expect.record is None:
-            _tofu_put(store, url, size, sha, dest.name)
-        log.info("downloaded %s (%s, sha256 %s)", dest, _human(size), sha)
+        _stamp(dest, shown, sha)
+        log.info("downloaded %s (%s, sha256 %s)", dest, human(size), sha)
     return dest
+
+
+def _fetch(url: str, shown: str, dest: Path, part: Path, meta_path: Path, quarantine: Path, expect: _Expect,
+           store: Path | None, **kw) -> tuple[int, str]:
+    """Bring ``part`` to bytes matching ``expect``; returns their size and sha256."""
+    hasher = PartHash(part, kw["chunk"])
+    fresh_retry = True  # one clean re-download if bytes spliced from an earlier attempt fail the check
+    with requests.Session() as session:
+        while True:
+            resumed = hasher.sync() > 0
+            log.info("downloading %s -> %s%s", shown, dest, f" (resuming at {hasher.length} bytes)" if resumed
+                     else "")
+            try:
+                transfer(session, url, shown, part, meta_path, hasher, expect, name=dest.name, **kw)
+            except ChecksumError as exc:
+                _quarantine(part, meta_path, quarantine)
+                exc.quarantine = quarantine if quarantine.exists() else None
+                raise
+            hasher.sync()  # re-reads the file only if its size differs from what was hashed
+            size, sha = hasher.length, hasher.h.hexdigest()
+            problem = expect.problem(size, sha)
+            if problem is None:
+                return size, sha
+            if resumed and fresh_retry:
+                fresh_retry = False
+                log.warning("%s: %s after resuming; discarding the partial file and downloading it afresh",
+                            dest.name, problem)
+                part.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                continue
+            _quarantine(part, meta_path, quarantine)
+            raise ChecksumError(f"checksum mismatch for {shown}: {problem}. The bytes were moved to {quarantine}; "
+                                f"{dest} was not created."
+                                + (" If the upstream file legitimately changed, delete its entry from "
+                                   f"{store} and download again." if expect.record is not None else ""),
+                                url=shown, quarantine=quarantine)
 
 
 def _quarantine(part: Path, meta_path: Path, quarantine: Path) -> None:
@@ -634,44 +268,16 @@ def _quarantine(part: Path, meta_path: Path, quarantine: Path) -> None:
     meta_path.unlink(missing_ok=True)
 
 
-def _transfer(session: requests.Session, url: str, part: Path, meta_path: Path, hasher: _PartHash, expect: _Expect,
-              *, retries: int, backoff: float, timeout: float, chunk: int, progress: bool, name: str) -> None:
-    failures, high_water, restarts = 0, hasher.sync(), 0
-    while True:
-        try:
-            _attempt(session, url, part, meta_path, hasher, expect, timeout=timeout, chunk=chunk,
-                     progress=progress, name=name)
-            return
-        except _Restart:
-            restarts += 1
-            if restarts > retries + 2:
-                raise DownloadError(f"{url}: the server keeps refusing to resume; giving up", url=url)
-            part.unlink(missing_ok=True)
-            meta_path.unlink(missing_ok=True)
-            hasher.reset()
-            continue
-        except _Transient as exc:
-            size = hasher.sync()
-            if size >= high_water + _PROGRESS_RESET:  # real progress restores the retry budget
-                high_water, failures = size, 1
-            else:
-                failures += 1
-            if failures > retries:
-                raise DownloadError(f"giving up on {url} after {failures} failed attempt(s): {exc}", url=url,
-                                    status=exc.status) from exc
-            delay = min(backoff * 2 ** (failures - 1), _MAX_BACKOFF) * (1 + 0.1 * random.random())
-            if exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
-            log.warning("%s: %s; retrying in %.1f s (%d/%d)", name, exc, delay, failures, retries)
-            time.sleep(delay)
-
-
 def verify_file(path: str | os.PathLike, *, expected_sha256: str | None = None, expected_size: int | None = None,
-                tofu_store: str | os.PathLike | None = None, key: str | None = None) -> str:
-    """Check a file placed by hand (e.g. MIMIC's ``im.pk``) and return its sha256.
+                tofu_store: str | os.PathLike | None = None, key: str | None = None, check: Check | None = None,
+                source: str | None = None) -> str:
+    """Check a file already in place (placed by hand, e.g. MIMIC's ``im.pk``, or downloaded earlier) and return its
+    sha256.
 
     Without ``expected_sha256``, ``tofu_store`` and ``key`` (any stable name, such as ``"mimic/im.pk"``) record the
-    first one seen and check later ones. Raises ``ChecksumError`` on a mismatch (the file is left in place).
+    first one seen and check later ones. ``check`` runs unless the file carries a valid stamp (it passed before);
+    the stamp keeps the source URL it had, else ``source``. Raises ``ChecksumError`` on a mismatch and
+    ``ContentError`` when ``check`` fails (the file is left in place).
     """
     path = Path(path)
     if not path.is_file():
@@ -684,13 +290,16 @@ def verify_file(path: str | os.PathLike, *, expected_sha256: str | None = None, 
         raise ValueError(f"expected_sha256: not a sha256 hex digest: {expected_sha256!r}")
     expected_sha256 = expected_sha256.lower() if expected_sha256 else None
     expect = _Expect(ident, expected_sha256, expected_size, store)
+    stamp = _valid_stamp(path)
     sha = _existing_sha(path, 1 << 20)
     problem = expect.problem(path.stat().st_size, sha)
     if problem is not None:
         raise ChecksumError(f"{path}: {problem}", url=ident)
-    _stamp(path, None, sha)
+    if stamp is None and (problem := _content_problem(check, path)) is not None:
+        raise ContentError(f"{path} is not the expected file: {problem}", url=ident)
     if store is not None and expected_sha256 is None and expect.record is None:
-        _tofu_put(store, ident, path.stat().st_size, sha, path.name)
+        trust_store.put(store, ident, path.stat().st_size, sha, path.name)
+    _stamp(path, (stamp or {}).get("url") or source, sha)
     return sha
 
 
@@ -712,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         download(args.url, args.dest, expected_sha256=args.sha256, expected_size=args.size,
                  tofu_store=args.tofu_store, retries=args.retries, backoff=args.backoff, timeout=args.timeout,
                  progress=not args.no_progress)
-    except (DownloadError, ValueError, OSError) as exc:
+    except (DownloadError, trust_store.TrustStoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

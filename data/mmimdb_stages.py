@@ -2,7 +2,9 @@
 
 Workspace layout::
 
-    raw/mmimdb/mmimdb.tar.gz            verified download (trust-on-first-use sha256 in raw/checksums.json)
+    raw/mmimdb/mmimdb.tar.gz            verified download (trust-on-first-use sha256 in raw/checksums.json, recorded
+                                        once the archive lists mmimdb/split.json and no unsafe member; see
+                                        data/acquire.py for which record applies to a mirror)
     raw/mmimdb/extracted/mmimdb/...     the archive, extracted all-or-nothing (members with '..' are refused)
     raw/mmimdb/extracted.json           which archive (sha256) the extraction came from
     processed/mmimdb/index_v1/          index.json, labels.npy, manifest.json (data/mmimdb.py)
@@ -19,7 +21,6 @@ import hashlib
 import json
 import logging
 import shutil
-import urllib.parse
 from pathlib import Path
 
 from . import mmimdb
@@ -43,15 +44,6 @@ def _usage(msg: str):
     return UsageError(msg)
 
 
-def mirror_url(url: str, base_url: str) -> str:
-    """`url` served from `base_url` instead: its scheme and host (and any path prefix) replace the original's."""
-    b = urllib.parse.urlsplit(base_url)
-    if b.scheme not in ("http", "https") or not b.netloc:
-        raise ValueError(f"base_url: expected http(s)://host[:port][/prefix], got {base_url!r}")
-    u = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((b.scheme, b.netloc, b.path.rstrip("/") + u.path, u.query, ""))
-
-
 # ------------------------------------------------------------------------------------------------------- download
 
 def _marker(raw: Path) -> Path:
@@ -65,10 +57,20 @@ def _read_marker(raw: Path) -> dict:
         return {}
 
 
+def _archive_check(path: Path) -> None:
+    """The content check of the MM-IMDb archive: safe members, and the split file among them."""
+    from .safe_io import list_archive
+
+    if not any(n == "split.json" or n.endswith("/split.json") for n in list_archive(path)):
+        raise ValueError("the archive holds no split.json; it is not the MM-IMDb archive")
+
+
 def download(ws, entry, *, data_seed: int = 42, force: bool = False, base_url: str | None = None, **_) -> Path:
     from pipeline.workspace import atomic_write_text
 
-    from . import fetch, safe_io
+    from . import acquire, fetch, safe_io
+    from .trust_store import TrustStoreError
+    from .urls import BadMirrorURL
 
     raw = raw_dir(ws)
     f = entry.files[0]
@@ -83,12 +85,15 @@ def download(ws, entry, *, data_seed: int = 42, force: bool = False, base_url: s
         print(f"mmimdb already extracted at {extracted} (archive sha256 {marker.get('sha256', '?')[:12]}…, "
               "archive since removed): nothing to do")
         return extracted
-    url = mirror_url(f.url, base_url) if base_url else f.url
     try:
-        fetch.download(url, archive, expected_sha256=f.sha256, expected_size=f.size, tofu_store=ws.checksums)
+        sha, source, _ = acquire.obtain(ws.checksums, entry.name, f, archive, base_url=base_url,
+                                        check=_archive_check)
+    except (BadMirrorURL, TrustStoreError) as e:
+        raise _usage(str(e)) from None
+    except fetch.ChecksumError as e:
+        raise _usage(f"{f.name}: {e}") from None
     except fetch.DownloadError as e:
-        raise _usage(f"downloading {url} failed: {e}") from None
-    sha = (fetch.verified_record(archive) or {}).get("sha256") or fetch.sha256_file(archive)
+        raise _usage(f"downloading {f.name} failed: {e}") from None
     if marker.get("sha256") == sha and mmimdb.find_source(raw) is not None:
         print(f"mmimdb archive verified (sha256 {sha[:12]}…) and already extracted at {extracted}: nothing to do")
         return extracted
@@ -97,10 +102,12 @@ def download(ws, entry, *, data_seed: int = 42, force: bool = False, base_url: s
     except safe_io.UnsafeArchiveError as e:
         raise _usage(f"{e}. The archive at {archive} is not the MM-IMDb release; delete it (and its record in "
                      f"{ws.checksums}) before downloading again") from None
+    except safe_io.ArchiveError as e:
+        raise _usage(str(e)) from None
     if mmimdb.find_source(raw) is None:
         raise _usage(f"{archive} extracted to {extracted} but holds no mmimdb/split.json + mmimdb/dataset/; it is "
                      "not the MM-IMDb archive")
-    atomic_write_text(_marker(raw), json.dumps({"archive": f.name, "sha256": sha, "url": url}, indent=1))
+    atomic_write_text(_marker(raw), json.dumps({"archive": f.name, "sha256": sha, "url": source}, indent=1))
     print(f"downloaded and extracted mmimdb into {extracted} (archive sha256 {sha[:12]}…)")
     return extracted
 
@@ -253,10 +260,7 @@ def cache_dir(ws, cfg, dm=None) -> Path:
 def _ensure_cache(ws, cfg, force: bool = False) -> Path:
     from models import clip_towers as ct
 
-    d = cfg.data
-    if isinstance(d.cache_copies, bool) or not isinstance(d.cache_copies, int) or d.cache_copies < 2 \
-            or d.cache_copies % 2:
-        raise _usage(f"data.cache_copies: must be an even number >= 2 (pairs of views), got {d.cache_copies!r}")
+    d = cfg.data  # data.cache_copies is checked with the config (an even number >= 2)
     dm = _online_datamodule(ws, cfg)
     key, params = cache_key(ws, cfg, dm)
     out = index_dir(ws) / f"cache-{key}"

@@ -7,19 +7,20 @@ Raw layout (``ws.raw(<dataset>)``)::
     mimic    im.pk, placed by the user                           manifest.json: size, sha256, patients
     v&t      extracted/.../*.h5 (the zip is deleted once unpacked) manifest.json: zip url/size/sha256, h5 sizes
 
-Checksums: the published ones are unknown, so the first verified download of each file is recorded in
-``ws.checksums`` (trust on first use), keyed by the registry URL (MIMIC: ``mimic/im.pk``), and every later
-download or placed file must match that record.
+Checksums: the published ones are unknown, so the first copy of each file that passes its content check (the
+pickle loads safely and fits the schema; the archive lists .h5 episodes and no unsafe member) is recorded in
+``ws.checksums`` (trust on first use) and every later copy from the same source must match it (data/acquire.py
+says which record applies: a mirror's or a hand-placed file's bytes are never recorded under the registry URL;
+MIMIC's key is ``mimic/im.pk``).
 
 Mirrors (``--base-url``, or ``$INFMASK_BASE_URL`` for downloads started by preprocess/pretrain): the registry URL's
 scheme and host are replaced by ``base_url`` and its path kept, e.g.
 ``http://downloads.cs.stanford.edu/juno/triangle_real_data.zip`` -> ``<base_url>/juno/triangle_real_data.zip``;
 Google Drive ids have no meaningful path, so a mirror serves those files as ``<base_url>/<file name>``
-(``<base_url>/mosi_data.pkl``). A mirror must serve the same bytes: they are checked against the record made
-under the registry URL.
+(``<base_url>/mosi_data.pkl``); see data/urls.py.
 
 A public file may also be placed by hand at ``raw/<dataset>/<name>`` (e.g. when Drive's quota blocks the
-download): ``infmask download`` then verifies and records it instead of fetching.
+download): ``infmask download`` then checks and records it instead of fetching.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ import logging
 import os
 import shutil
 import time
-import urllib.parse
 from pathlib import Path
 
 from . import multibench as mb
+from .urls import mirror_url  # noqa: F401  (the mirror convention, documented above)
 
 log = logging.getLogger("infmask.data")
 
@@ -59,20 +60,6 @@ def processed_dir(ws, cfg) -> Path:
     return ws.processed(d.dataset, v)
 
 
-def mirror_url(url: str, name: str, base_url: str | None) -> str:
-    """The URL to fetch ``url`` from when a mirror ``base_url`` is given (see the module docstring)."""
-    if not base_url:
-        return url
-    base = urllib.parse.urlsplit(base_url)
-    if base.scheme not in ("http", "https") or not base.netloc:
-        raise _usage(f"--base-url must be an http(s) URL like http://127.0.0.1:8000/mirror, got {base_url!r}")
-    parts = urllib.parse.urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if host == "drive.google.com" or host.endswith(".googleusercontent.com"):
-        return f"{base_url.rstrip('/')}/{urllib.parse.quote(name)}"
-    return base_url.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
-
-
 def _write_json(path: Path, data: dict) -> None:
     from pipeline.workspace import atomic_write_text
 
@@ -86,14 +73,6 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _quarantine(dest: Path) -> Path:
-    q = dest.with_name(dest.name + ".quarantine")
-    if dest.exists():
-        os.replace(dest, q)
-    dest.with_name(dest.name + ".verified.json").unlink(missing_ok=True)
-    return q
-
-
 def _discard(dest: Path) -> None:
     for p in (dest, dest.with_name(dest.name + ".verified.json")):
         p.unlink(missing_ok=True)
@@ -101,37 +80,42 @@ def _discard(dest: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ download
 
-def _fetch_file(ws, dataset: str, f, dest: Path, base_url: str | None) -> tuple[str, bool]:
-    """Bring ``dest`` to the verified file ``f``; returns (sha256, whether anything was downloaded)."""
-    from . import fetch
+def _fetch_file(ws, dataset: str, f, dest: Path, base_url: str | None, check) -> tuple[str, str, bool]:
+    """Bring ``dest`` to the checked file ``f``; returns (sha256, source URL, whether anything was downloaded)."""
+    from . import acquire, fetch
+    from .trust_store import TrustStoreError
+    from .urls import BadMirrorURL
 
-    store = ws.checksums
-    url = mirror_url(f.url, f.name, base_url)
-    if dest.exists():
-        try:
-            sha = fetch.verify_file(dest, expected_sha256=f.sha256, expected_size=f.size, tofu_store=store, key=f.url)
-            return sha, False
-        except fetch.ChecksumError as e:
-            q = _quarantine(dest)
-            print(f"{dest} does not match its record ({e}); moved it to {q} and downloading again")
-    size = f" ({f.approx_size})" if f.approx_size not in ("", "unknown") else ""
-    print(f"downloading {url} -> {dest}{size}", flush=True)
     try:
-        fetch.download(url, dest, expected_sha256=f.sha256, expected_size=f.size,
-                       tofu_store=store if url == f.url else None)
+        return acquire.obtain(ws.checksums, dataset, f, dest, base_url=base_url, check=check)
+    except (BadMirrorURL, TrustStoreError) as e:
+        raise _usage(str(e)) from None
+    except fetch.ChecksumError as e:  # wrong bytes, or not the expected file: quarantined, nothing recorded
+        raise _usage(f"{f.name}: {e}") from None
     except fetch.DownloadError as e:
-        raise _usage(f"download of {f.name} failed: {e}\nRetry later, fetch it from a mirror (`infmask download "
-                     f"{dataset} --base-url URL`), or place the file at {dest} by hand and rerun to verify "
+        raise _usage(f"download of {f.name} failed: {e}. Retry later, fetch it from a mirror (`infmask download "
+                     f"{dataset} --base-url URL`), or place the file at {dest} by hand and rerun to check "
                      "it.") from None
-    if url != f.url:  # a mirror: hold its bytes to the record kept under the registry URL
+
+
+def _affect_check(dataset: str, dest: Path):
+    """The content check of an affect pickle: it loads with the safe unpickler and fits MultiBench's schema."""
+    def check(path: Path) -> None:
+        from .safe_io import UnsafePickleError, safe_unpickle
+
         try:
-            sha = fetch.verify_file(dest, expected_sha256=f.sha256, expected_size=f.size, tofu_store=store, key=f.url)
-        except fetch.ChecksumError as e:
-            q = _quarantine(dest)
-            raise _usage(f"{url} served different bytes than recorded for {f.url}: {e}; moved them to {q}") from None
-    else:
-        sha = fetch.verify_file(dest, tofu_store=store, key=f.url)
-    return sha, True
+            mb.validate_affect(safe_unpickle(path), dataset, source=dest.name)
+        except UnsafePickleError as e:
+            raise ValueError(str(e).replace(str(path), dest.name)) from None
+    return check
+
+
+def _vt_check(path: Path) -> None:
+    """The content check of the Vision&Touch zip: safe members, and .h5 episode files among them."""
+    from .safe_io import list_archive
+
+    if not any(n.endswith(".h5") for n in list_archive(path)):
+        raise ValueError("the archive holds no .h5 episode files; it is not the Vision&Touch archive")
 
 
 def _download_affect(ws, entry, base_url, force, quiet) -> Path:
@@ -140,12 +124,13 @@ def _download_affect(ws, entry, base_url, force, quiet) -> Path:
     dest = out / f.name
     if force:
         _discard(dest)
-    sha, fetched = _fetch_file(ws, entry.name, f, dest, base_url)
-    manifest = {"dataset": entry.name, "files": {f.name: {"url": f.url, "size": dest.stat().st_size, "sha256": sha}}}
+    sha, source, fetched = _fetch_file(ws, entry.name, f, dest, base_url, _affect_check(entry.name, dest))
+    manifest = {"dataset": entry.name, "files": {f.name: {"url": source, "registry_url": f.url,
+                                                          "size": dest.stat().st_size, "sha256": sha}}}
     if _read_json(out / "manifest.json") != manifest:
         _write_json(out / "manifest.json", manifest)
     if fetched:
-        print(f"{entry.name}: downloaded and verified {dest} (sha256 {sha})")
+        print(f"{entry.name}: downloaded and verified {dest} (schema ok, sha256 {sha})")
     elif not quiet:
         print(f"{entry.name}: {dest} already downloaded and verified (sha256 {sha}): nothing to do")
     return dest
@@ -166,7 +151,7 @@ def _vt_raw_ok(out: Path) -> list[str]:
 
 
 def _download_vt(ws, entry, base_url, force, quiet) -> Path:
-    from .safe_io import UnsafeArchiveError, safe_extract
+    from .safe_io import ArchiveError, safe_extract
 
     out = raw_dir(ws, entry)
     (f,) = entry.files
@@ -184,17 +169,17 @@ def _download_vt(ws, entry, base_url, force, quiet) -> Path:
         print(f"{entry.name}: extracted files are damaged ({'; '.join(problems[:3])}); fetching again")
         (out / "manifest.json").unlink()
     zip_path = out / f.name
-    sha, _ = _fetch_file(ws, entry.name, f, zip_path, base_url)
+    sha, source, _ = _fetch_file(ws, entry.name, f, zip_path, base_url, _vt_check)
     print(f"{entry.name}: extracting {zip_path}", flush=True)
     try:
         safe_extract(zip_path, extracted, overwrite=True)
-    except (UnsafeArchiveError, ValueError) as e:
-        raise _usage(f"{zip_path}: {e}") from None
+    except ArchiveError as e:
+        raise _usage(str(e)) from None
     h5 = mb.find_h5(extracted)
     if not h5:
         raise _usage(f"{zip_path} holds no .h5 episode files; is it the Vision&Touch archive?")
-    manifest = {"dataset": entry.name, "archive": {"name": f.name, "url": f.url, "size": zip_path.stat().st_size,
-                                                   "sha256": sha},
+    manifest = {"dataset": entry.name, "archive": {"name": f.name, "url": source, "registry_url": f.url,
+                                                   "size": zip_path.stat().st_size, "sha256": sha},
                 "h5": {str(p.relative_to(out)): p.stat().st_size for p in h5}}
     _write_json(out / "manifest.json", manifest)
     _discard(zip_path)  # 11 GB: the extracted files and the recorded checksum are what we keep

@@ -1,170 +1,42 @@
-"""Loading untrusted downloaded files without running their code.
+"""Extracting untrusted downloaded archives, all or nothing, and (re-exported from ``safe_pickle``) loading untrusted
+pickles without running their code.
 
-The MultiBench affect files and MIMIC's ``im.pk`` are pickles, and a pickle can name any importable callable and
-call it (``os.system`` included) while loading. ``safe_unpickle`` therefore resolves globals from a fixed allow-list
-of numpy array/dtype/scalar reconstructors and plain builtin containers; any other global is refused *when the
-unpickler meets its name*, which is before the opcode that would call it, so a refused pickle runs nothing.
-
-``safe_extract`` unpacks .zip / .tar / .tar.gz archives after checking every member first: no member may leave the
-target folder and none may be a link or a device, so a hostile archive is refused before a single byte is written.
+``safe_extract`` unpacks .zip / .tar / .tar.gz (.bz2, .xz) archives after checking every member first: no member may
+leave the target folder and none may be a link, a device or a sparse file, and the sizes the members declare must
+fit in the free disk space, so a hostile archive is refused before a single byte is written. A damaged, truncated
+or non-archive file raises ``ArchiveError`` naming it; a partial extraction is removed, never left looking complete.
+``list_archive`` runs the same member checks without extracting (the content check of a download).
 """
 from __future__ import annotations
 
-import _compat_pickle
-import importlib
-import io
+import lzma
 import os
-import pickle
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
-from typing import IO, Any
 
-__all__ = ["UnsafePickleError", "UnsafeArchiveError", "safe_unpickle", "safe_loads", "safe_extract"]
+from .durable import fsync_dir
+from .safe_pickle import UnsafePickleError, safe_loads, safe_unpickle
 
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle names a global outside the allow-list (or uses persistent ids)."""
-
-    def __init__(self, message: str, global_name: str | None = None):
-        super().__init__(message)
-        self.global_name = global_name
+__all__ = ["UnsafePickleError", "ArchiveError", "UnsafeArchiveError", "safe_unpickle", "safe_loads", "safe_extract",
+           "list_archive"]
 
 
-class UnsafeArchiveError(ValueError):
-    """An archive member would escape the target folder, or is a link or a special file."""
+class ArchiveError(ValueError):
+    """An archive cannot be extracted: damaged, truncated, not an archive, or larger than the free disk space."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive member would escape the target folder, or is a link, a special file or a sparse file."""
 
     def __init__(self, message: str, member: str | None = None):
         super().__init__(message)
         self.member = member
-
-
-# --------------------------------------------------------------------------------------------------------------
-# pickles
-
-def _numpy_core(submodule: str):
-    # numpy 2 moved numpy.core to numpy._core (numpy.core is a deprecated shim); numpy 1 has only numpy.core.
-    try:
-        return importlib.import_module(f"numpy._core.{submodule}")
-    except ImportError:
-        return importlib.import_module(f"numpy.core.{submodule}")
-
-
-_LATIN1 = {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1"}
-
-
-def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-    # Protocols 0-2 store bytes (and so every numpy buffer) as _codecs.encode(text, "latin1"). Any other codec name
-    # would make the pickle pick a codec to run, so only latin-1 is accepted.
-    if not isinstance(obj, str) or str(encoding).lower() not in _LATIN1:
-        raise UnsafePickleError(f"refusing _codecs.encode with encoding {encoding!r} (only latin-1 is used by pickle)",
-                                "_codecs.encode")
-    return obj.encode("latin-1", errors)
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    import collections
-
-    import numpy as np
-
-    multiarray = _numpy_core("multiarray")
-    numeric = _numpy_core("numeric")
-    table: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _codecs_encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    for core in ("numpy.core", "numpy._core"):  # numpy 1.x and 2.x spellings resolve to the same objects
-        table[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        table[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        if hasattr(numeric, "_frombuffer"):  # protocol 5 arrays
-            table[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
-    try:  # numpy >= 2 StringDType arrays
-        internal = _numpy_core("_internal")
-        if hasattr(internal, "_convert_to_stringdtype_kwargs"):
-            fn = internal._convert_to_stringdtype_kwargs
-            table[("numpy._core._internal", "_convert_to_stringdtype_kwargs")] = fn
-            table[("numpy.core._internal", "_convert_to_stringdtype_kwargs")] = fn
-    except ImportError:
-        pass
-    try:  # numpy >= 1.25: the concrete dtype classes (Float32DType, ...)
-        dtypes = importlib.import_module("numpy.dtypes")
-        for name in dir(dtypes):
-            obj = getattr(dtypes, name)
-            if isinstance(obj, type) and issubclass(obj, np.dtype):
-                table[("numpy.dtypes", name)] = obj
-    except ImportError:
-        pass
-    for name, obj in (("set", set), ("frozenset", frozenset), ("complex", complex), ("slice", slice),
-                      ("bytearray", bytearray), ("range", range)):
-        table[("builtins", name)] = obj
-    return table
-
-
-def _python3_name(module: str, name: str) -> tuple[str, str]:
-    # The C unpickler hands find_class the names as written; Python 2 pickles (and protocol <= 2 pickles written
-    # with fix_imports) say e.g. "__builtin__.set" or "commands.call", so translate them as pickle itself would.
-    if (module, name) in _compat_pickle.NAME_MAPPING:
-        return _compat_pickle.NAME_MAPPING[(module, name)]
-    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
-
-
-_ALLOWED: dict[tuple[str, str], Any] | None = None
-
-
-def _allowed() -> dict[tuple[str, str], Any]:
-    global _ALLOWED
-    if _ALLOWED is None:
-        _ALLOWED = _allowed_globals()
-    return _ALLOWED
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: IO[bytes], *, source: str, encoding: str):
-        super().__init__(file, encoding=encoding)
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        py3 = _python3_name(module, name)
-        obj = _allowed().get(py3)
-        if obj is None:
-            qual = f"{module}.{name}"
-            if py3 != (module, name):
-                qual += f" (Python 3: {py3[0]}.{py3[1]})"
-            raise UnsafePickleError(
-                f"refusing to unpickle {self._source}: it names the global {qual!r}, which is not in the allow-list "
-                "(numpy arrays, dtypes and scalars, builtin containers); nothing was executed", qual)
-        return obj
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"refusing to unpickle {self._source}: it uses persistent ids")
-
-
-def safe_unpickle(path_or_file: str | os.PathLike | IO[bytes], *, encoding: str = "latin1") -> Any:
-    """Unpickle numpy arrays and builtin containers only; raise ``UnsafePickleError`` on any other global.
-
-    ``encoding`` only matters for Python 2 pickles; latin-1 is what numpy needs to restore their array buffers.
-    """
-    if isinstance(path_or_file, (str, os.PathLike)):
-        path = Path(path_or_file)
-        with open(path, "rb", buffering=1 << 20) as fh:
-            return _RestrictedUnpickler(fh, source=str(path), encoding=encoding).load()
-    if not hasattr(path_or_file, "read"):
-        raise ValueError(f"path_or_file: expected a path or a binary file object, got {type(path_or_file).__name__}")
-    source = str(getattr(path_or_file, "name", "<file object>"))
-    return _RestrictedUnpickler(path_or_file, source=source, encoding=encoding).load()
-
-
-def safe_loads(data: bytes, *, encoding: str = "latin1") -> Any:
-    """``safe_unpickle`` for an in-memory pickle."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"data: expected bytes, got {type(data).__name__}")
-    return _RestrictedUnpickler(io.BytesIO(data), source="<bytes>", encoding=encoding).load()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -197,6 +69,9 @@ def _tar_members(tf: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
         if not (m.isreg() or m.isdir()):
             raise UnsafeArchiveError(f"refusing to extract {archive}: member {m.name!r} is a device, fifo or other "
                                      "special file; nothing was extracted", m.name)
+        if m.issparse():  # its holes would be written out in full (a few bytes may declare terabytes)
+            raise UnsafeArchiveError(f"refusing to extract {archive}: member {m.name!r} is a sparse file declaring "
+                                     f"{m.size} bytes; nothing was extracted", m.name)
     return members
 
 
@@ -222,30 +97,71 @@ def _archive_kind(archive: Path) -> str:
         return "tar"
     if zipfile.is_zipfile(archive):
         return "zip"
-    if tarfile.is_tarfile(archive):
-        return "tar"
-    raise ValueError(f"archive: {archive} is neither a zip nor a tar archive")
+    try:
+        if tarfile.is_tarfile(archive):
+            return "tar"
+    except (OSError, EOFError, zlib.error, lzma.LZMAError):
+        pass
+    raise ArchiveError(f"{archive} is neither a zip nor a tar archive")
 
 
 def _check_space(total: int, where: Path, archive: Path) -> None:
     free = shutil.disk_usage(where).free
     if total > free:
-        raise OSError(f"not enough disk space to extract {archive}: it holds {total} bytes, {free} are free in {where}")
+        raise ArchiveError(f"not enough disk space to extract {archive}: its members declare {total} bytes, "
+                           f"{free} are free in {where}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+# What a damaged, truncated or mislabelled archive raises from the standard library while it is read.
+_DAMAGED = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
+            NotImplementedError, RuntimeError, UnicodeDecodeError)
+
+
+def _damaged(archive: Path, exc: BaseException) -> ArchiveError:
+    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return ArchiveError(f"cannot extract {archive}: it is damaged, truncated or not a supported archive ({why}); "
+                        "delete it and download it again")
+
+
+def _open(archive: Path, kind: str):
+    return zipfile.ZipFile(archive) if kind == "zip" else tarfile.open(archive, "r:*")
+
+
+def _members(ar, kind: str, archive: Path) -> tuple[list, int]:
+    """The checked members and the bytes they declare."""
+    if kind == "zip":
+        zmembers = _zip_members(ar, archive)
+        return zmembers, sum(i.file_size for i in zmembers)
+    tmembers = _tar_members(ar, archive)
+    return tmembers, sum(m.size for m in tmembers if m.isreg())
+
+
+def list_archive(archive: str | os.PathLike) -> list[str]:
+    """The names of the regular files in ``archive``, after the member checks of ``safe_extract``; nothing is written.
+
+    Raises ``UnsafeArchiveError`` for a hostile member and ``ArchiveError`` for a damaged or non-archive file. A tar
+    archive is read to its end (its member list is spread through it); a zip's is read from its directory.
+    """
+    archive = Path(archive)
+    kind = _archive_kind(archive)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with _open(archive, kind) as ar:
+            members, _ = _members(ar, kind, archive)
+    except ArchiveError:
+        raise
+    except (*_DAMAGED, OSError) as e:
+        raise _damaged(archive, e) from None
+    if kind == "zip":
+        return [i.filename for i in members if not i.is_dir()]
+    return [m.name for m in members if m.isreg()]
 
 
 def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Extract a .zip / .tar / .tar.gz (.bz2, .xz) archive into the folder ``dest``, all or nothing.
 
     Every member is validated before anything is written: a member with ``..`` or an absolute path, a symbolic or
-    hard link, or a device/fifo raises ``UnsafeArchiveError``. The archive is unpacked into a temporary folder beside
+    hard link, a device/fifo or a sparse file raises ``UnsafeArchiveError``; members declaring more bytes than the free
+    disk space, or a damaged archive, raise ``ArchiveError``. The archive is unpacked into a temporary folder beside
     ``dest`` and renamed to ``dest`` only once complete, so ``dest`` either does not exist or holds the whole archive.
     An existing non-empty ``dest`` raises ``FileExistsError`` unless ``overwrite`` is set. Members keep their paths
     (an archive with a top folder ``x/`` gives ``dest/x/...``). Returns ``dest``.
@@ -261,23 +177,31 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, overwri
     kind = _archive_kind(archive)
     dest.parent.mkdir(parents=True, exist_ok=True)
 
-    with (zipfile.ZipFile(archive) if kind == "zip" else tarfile.open(archive, "r:*")) as ar:
-        if kind == "zip":
-            zmembers = _zip_members(ar, archive)
-            total = sum(i.file_size for i in zmembers)
-        else:
-            tmembers = _tar_members(ar, archive)
-            total = sum(m.size for m in tmembers if m.isreg())
+    try:
+        return _extract(archive, kind, dest, overwrite)
+    except ArchiveError:
+        raise
+    except _DAMAGED as e:
+        raise _damaged(archive, e) from None
+    except OSError as e:
+        if e.errno is None:  # raised by a decompressor (bz2 "Invalid data stream"), not by the file system
+            raise _damaged(archive, e) from None
+        raise
+
+
+def _extract(archive: Path, kind: str, dest: Path, overwrite: bool) -> Path:
+    with _open(archive, kind) as ar:
+        members, total = _members(ar, kind, archive)
         _check_space(total, dest.parent, archive)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
         try:
             if kind == "zip":
-                ar.extractall(tmp, members=zmembers)
+                ar.extractall(tmp, members=members)
             elif hasattr(tarfile, "data_filter"):
                 # The "data" filter repeats our checks and also drops setuid bits and odd permissions.
-                ar.extractall(tmp, members=tmembers, filter="data")
+                ar.extractall(tmp, members=members, filter="data")
             else:  # pragma: no cover - Python < 3.11.4
-                ar.extractall(tmp, members=tmembers)
+                ar.extractall(tmp, members=members)
             # One sync for the whole tree is far cheaper than an fsync per member and makes the rename durable.
             os.sync()
             old = None
@@ -288,7 +212,7 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, *, overwri
                 else:
                     dest.rmdir()
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:

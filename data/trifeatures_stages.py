@@ -10,13 +10,21 @@ from . import trifeatures
 log = logging.getLogger("infmask.data")
 
 
-def raw_dir(ws, data_seed: int) -> Path:
-    return ws.raw("trifeatures") / f"seed_{data_seed}"
+def render_size(cfg) -> int:
+    """Size the raw images are rendered at: the paper's 224 px (then resized), or the training size itself."""
+    return cfg.data.image_size if cfg.data.render == "native" else trifeatures.DEFAULT_SIZE
+
+
+def raw_dir(ws, data_seed: int, size: int = trifeatures.DEFAULT_SIZE) -> Path:
+    suffix = "" if size == trifeatures.DEFAULT_SIZE else f"_px{size}"
+    return ws.raw("trifeatures") / f"seed_{data_seed}{suffix}"
 
 
 def processed_dir(ws, cfg) -> Path:
     d = cfg.data
-    return ws.processed("trifeatures", f"seed{d.data_seed}_px{d.image_size}_val{d.val_fraction}_max{d.max_size}")
+    native = "_native" if d.render == "native" else ""
+    return ws.processed("trifeatures",
+                        f"seed{d.data_seed}_px{d.image_size}{native}_val{d.val_fraction}_max{d.max_size}")
 
 
 _VERIFIED: set[tuple] = set()
@@ -49,25 +57,27 @@ def _ready(path: Path, what: str) -> bool:
     return False
 
 
-def download(ws, entry, *, data_seed: int = 42, force: bool = False, **_) -> Path:
-    out = raw_dir(ws, data_seed)
+def download(ws, entry, *, data_seed: int = 42, force: bool = False, size: int = trifeatures.DEFAULT_SIZE,
+             **_) -> Path:
+    """Generate the raw set. At a ``size`` other than 224 the images are rendered natively at that size: shapes
+    scale with the canvas, the textures keep their 10 px period (so they stay legible at low resolution)."""
+    out = raw_dir(ws, data_seed, size)
     if force and out.exists():
         shutil.rmtree(out)
+    what = f"seed {data_seed}" + ("" if size == trifeatures.DEFAULT_SIZE else f", rendered at {size} px")
     if _ready(out, "generated Trifeatures set"):
-        print(f"trifeatures (seed {data_seed}) already generated and verified at {out}: nothing to do")
+        print(f"trifeatures ({what}) already generated and verified at {out}: nothing to do")
         return out
-    info = trifeatures.generate(out, seed=data_seed, size=224)
-    print(f"generated trifeatures (seed {data_seed}) at {out} in {info.get('seconds', float('nan')):.1f} s")
+    info = trifeatures.generate(out, seed=data_seed, size=size)
+    print(f"generated trifeatures ({what}) at {out} in {info.get('seconds', float('nan')):.1f} s")
     return out
 
 
 def preprocess(ws, entry, cfg, *, force: bool = False, **_) -> Path:
-    from pipeline.errors import UsageError
-
-    src = raw_dir(ws, cfg.data.data_seed)
+    size = render_size(cfg)
+    src = raw_dir(ws, cfg.data.data_seed, size)
     if not _ready(src, "generated Trifeatures set"):
-        raise UsageError(f"no generated Trifeatures set at {src}; run `infmask download trifeatures"
-                         f"{'' if cfg.data.data_seed == 42 else f' --data-seed {cfg.data.data_seed}'}` first")
+        download(ws, None, data_seed=cfg.data.data_seed, size=size)  # generation is local and deterministic
     out = processed_dir(ws, cfg)
     if force and out.exists():
         shutil.rmtree(out)
@@ -87,6 +97,7 @@ def datamodule(ws, cfg):
                                  num_workers=cfg.data.num_workers, image_size=cfg.data.image_size,
                                  probe_random_crop=cfg.data.probe_random_crop,
                                  crop_scale=tuple(cfg.data.crop_scale),
+                                 blur_sigma=tuple(cfg.data.blur_sigma),
                                  check_integrity=not _verified(processed_dir(ws, cfg)))
     dm.reference_val_split = "test"  # the reference's val loader is the test split (labelled 'reference' protocol)
     return dm

@@ -73,6 +73,40 @@ class AlexNetTrunk(_ChannelsLast):
         return self.features(self._prepare(x))
 
 
+class ConvTrunk(_ChannelsLast):
+    """A small strided CNN for low-resolution CPU presets (a deviation from the paper's AlexNet).
+
+    A 5x5 stride-2 stem, then one 3x3 stride-2 convolution per further entry of ``widths``, each followed by
+    BatchNorm and ReLU: (B, 3, S, S) -> (B, widths[-1], S / 2**len(widths), ...). With the default widths a 64 px
+    image gives a 4x4 token grid and a 96 px image 6x6, for about a quarter of the multiply-adds of the half-width
+    AlexNet at 128 px (which gives only 3x3). ``norm="none"`` drops the BatchNorm (then convolutions get a bias).
+    """
+
+    NORMS = ("bn", "none")
+
+    def __init__(self, channels_last: bool = False, widths=(32, 64, 128, 128), norm: str = "bn"):
+        super().__init__(channels_last)
+        if (not isinstance(widths, (list, tuple)) or not widths
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+            raise ValueError(f"widths: must be a non-empty list of positive ints, got {widths!r}")
+        if norm not in self.NORMS:
+            raise ValueError(f"norm: must be one of {', '.join(self.NORMS)}, got {norm!r}")
+        layers, c_in = [], 3
+        for i, w in enumerate(widths):
+            k = 5 if i == 0 else 3
+            layers.append(nn.Conv2d(c_in, w, kernel_size=k, stride=2, padding=k // 2, bias=norm == "none"))
+            if norm == "bn":
+                layers.append(nn.BatchNorm2d(w))
+            layers.append(nn.ReLU(inplace=True))
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.out_dim = int(widths[-1])
+        self._apply_format()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self._prepare(x))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -268,6 +302,7 @@ class IdentityEncoder(nn.Module):
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "alexnet": AlexNetTrunk,
+    "convnet": ConvTrunk,
     "resnet18": ResNet18Trunk,
     "affect_transformer": AffectTransformer,
     "mlp": MLPEncoder,
@@ -278,7 +313,7 @@ ENCODERS: dict[str, type[nn.Module]] = {
 }
 
 # Encoders whose constructor takes `channels_last` (the model-level switch is passed only to these).
-CNN_ENCODERS = ("alexnet", "resnet18")
+CNN_ENCODERS = ("alexnet", "convnet", "resnet18")
 
 
 def build_encoder(name: str, channels_last: bool = False, **kwargs) -> nn.Module:

@@ -203,7 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         # would attach us to the parent's service, which still holds the streams of any child killed earlier
         # ("run ID ... is in use" when a killed run resumes).
         os.environ.pop("WANDB_SERVICE", None)
-    argv = list(sys.argv[1:] if argv is None else argv)
+        argv = list(sys.argv[1:])
+        # W&B records the command line of every run it starts (and `wandb sync` uploads it): a mirror's
+        # credentials (--base-url http://user:PASS@host, ?token=...) must not be in it.
+        from data.urls import redact_text
+
+        sys.argv[1:] = [redact_text(a) for a in argv]
+    argv = list(argv)
     if argv and argv[0] not in STAGES and "=" in argv[0]:
         # No stage, and the first argument is a config key (`--benchmark=mosi` or `benchmark=mosi`): an agent's
         # argv under W&B's default command, `${env} ${interpreter} ${program} ${args}`. That is a trial.

@@ -19,6 +19,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,8 @@ class DataConfig:
     task: Any = None                     # MultiBench/MIMIC task selector; V&T: ee_yaw_next or contact_next
     probe_random_crop: bool = False      # reference: random resized crop at probe time (stochastic features)
     crop_scale: list = field(default_factory=lambda: [0.08, 1.0])  # SSL RandomResizedCrop area range (images)
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])   # SSL GaussianBlur sigma range, pixels (images)
+    render: str = "resize"               # Trifeatures: "resize" the 224 px set, or render "native"ly at image_size
     max_items: Any = None                # cap on items per split (smoke/cpu presets), None = all
     text_mask_prob: float = 0.15         # MM-IMDb: frozen text encoder token masking in training
     feature_cache: bool = False          # MM-IMDb: train the fusion on precomputed frozen-tower features
@@ -201,8 +205,11 @@ CHOICES = {
     "probe.checkpoint": ("best", "last"),
     "probe.protocol": ("clean", "reference"),
     "data.image_norm": ("imagenet", "clip"),
+    "data.render": ("resize", "native"),
     "trainer.precision": ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "64-true", "bf16-true"),
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
 }
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range; outside it Lightning silently draws a random seed
 
 
 # ---------------------------------------------------------------------------------------------- building
@@ -260,6 +267,8 @@ def _coerce(value, tp, key: str):
                 raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(float(value)):  # 1e400 arrives as inf
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -371,9 +380,44 @@ def _check(cond: bool, key: str, msg: str):
         raise ConfigError(f"{key}: {msg}")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _optional_int(cfg: Config, key: str, minimum: int) -> None:
+    section, name = key.split(".")
+    v = getattr(getattr(cfg, section), name)
+    _check(v is None or _int(v) and v >= minimum, key, f"must be None or an integer >= {minimum}, got {v!r}")
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    dev = t.devices
+    ok = (_int(dev) and (dev >= 1 or dev == -1)) or dev == "auto" \
+        or (isinstance(dev, str) and bool(re.fullmatch(r"-1|\d+|\d+(,\d+)+,?", dev.strip())) and dev.strip() != "0") \
+        or (isinstance(dev, list) and bool(dev) and all(_int(i) and i >= 0 for i in dev) and len(set(dev)) == len(dev))
+    _check(ok, "trainer.devices", f"must be a number of devices >= 1 (or -1 for all), 'auto', or a list of device "
+                                  f"indices like [0, 1] or '0,1', got {dev!r}")
+    for key, v, lowest in (("trainer.limit_train_batches", t.limit_train_batches, 1),
+                           ("trainer.limit_val_batches", t.limit_val_batches, 0)):
+        ok = (_int(v) and v >= lowest) or (isinstance(v, float) and (0.0 < v <= 1.0 if lowest else 0.0 <= v <= 1.0))
+        _check(ok, key, f"must be a number of batches >= {lowest} or a fraction in {'(0' if lowest else '[0'}, 1], "
+                        f"got {v!r}")
+    _check(t.num_nodes >= 1, "trainer.num_nodes", f"must be >= 1, got {t.num_nodes}")
+    _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", f"must be >= 1, got {t.log_every_n_steps}")
+
+
 def validate(cfg: Config) -> None:
     if cfg.benchmark not in benchmarks():
         raise ConfigError(f"unknown benchmark '{cfg.benchmark}'; valid benchmarks: {', '.join(benchmarks())}")
+    for key, seed in (("seed", cfg.seed), ("data.data_seed", cfg.data.data_seed)):
+        _check(0 <= seed <= SEED_MAX, key, f"must be in [0, {SEED_MAX}], got {seed}")
+    dataset = benchmark_spec(cfg.benchmark).get("dataset")
+    _check(cfg.data.dataset == dataset, "data.dataset",
+           f"benchmark '{cfg.benchmark}' reads the dataset '{dataset}', got {cfg.data.dataset!r}")
     _check(cfg.method in METHOD_NAMES, "method", f"unknown method '{cfg.method}'; valid: {', '.join(METHOD_NAMES)}")
     _check(cfg.preset in PRESETS, "preset", f"unknown preset '{cfg.preset}'; valid: {', '.join(PRESETS)}")
     for key, choices in CHOICES.items():
@@ -385,15 +429,19 @@ def validate(cfg: Config) -> None:
     _check(m.temperature > 0, "model.temperature", f"must be > 0, got {m.temperature}")
     _check(m.num_mask >= 1, "model.num_mask", f"must be >= 1, got {m.num_mask}")
     _check(m.mask_lambda >= 0, "model.mask_lambda", f"must be >= 0, got {m.mask_lambda}")
+    _check(m.n_heads >= 1, "model.n_heads", f"must be >= 1, got {m.n_heads}")
     _check(m.embed_dim > 0 and m.embed_dim % m.n_heads == 0, "model.embed_dim",
            f"must be a positive multiple of model.n_heads={m.n_heads}, got {m.embed_dim}")
     _check(m.n_layers >= 1, "model.n_layers", f"must be >= 1, got {m.n_layers}")
     _check(len(m.modalities) >= 2, "model.modalities", f"need at least 2 modalities, got {len(m.modalities)}")
     if m.weights is not None:
-        _check(isinstance(m.weights, list) and all(isinstance(w, (int, float)) for w in m.weights),
-               "model.weights", f"must be a list of numbers or None, got {m.weights!r}")
+        _check(isinstance(m.weights, list) and all(_number(w) for w in m.weights),
+               "model.weights", f"must be a list of finite numbers or None, got {m.weights!r}")
     if m.penalty is not None:
-        _check(isinstance(m.penalty, (int, float)), "model.penalty", f"must be a number or None, got {m.penalty!r}")
+        _check(_number(m.penalty), "model.penalty", f"must be a finite number or None, got {m.penalty!r}")
+    for key in ("head_hidden", "head_out", "cross_proj_dim", "cross_self_hidden"):
+        _check(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
+    _check(m.ssl_scale >= 0, "model.ssl_scale", f"must be >= 0, got {m.ssl_scale}")
     d = cfg.data
     _check(d.batch_size >= 2, "data.batch_size", f"must be >= 2 (contrastive losses need negatives), got {d.batch_size}")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
@@ -401,13 +449,27 @@ def validate(cfg: Config) -> None:
     _check(len(d.crop_scale) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                           for v in d.crop_scale) and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
            "data.crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}")
+    _check(len(d.blur_sigma) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                          for v in d.blur_sigma) and 0 < d.blur_sigma[0] <= d.blur_sigma[1],
+           "data.blur_sigma", f"must be [min, max] with 0 < min <= max, got {d.blur_sigma}")
     _check(d.num_workers >= 0, "data.num_workers", f"must be >= 0, got {d.num_workers}")
+    _check(d.max_size >= 1, "data.max_size", f"must be >= 1, got {d.max_size}")
+    _optional_int(cfg, "data.max_items", 1)
+    _check(d.cache_copies >= 2 and d.cache_copies % 2 == 0, "data.cache_copies",
+           f"must be an even number >= 2 (pairs of views), got {d.cache_copies}")
     _check(0.0 <= d.text_mask_prob < 1.0, "data.text_mask_prob", f"must be in [0, 1), got {d.text_mask_prob}")
     o = cfg.optim
     _check(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    for key in ("warmup_epochs", "warmup_start_lr", "min_lr"):
+        _check(getattr(o, key) >= 0, f"optim.{key}", f"must be >= 0, got {getattr(o, key)}")
     t = cfg.trainer
     _check(t.max_epochs >= 1, "trainer.max_epochs", f"must be >= 1, got {t.max_epochs}")
+    _check_trainer(t)
+    _optional_int(cfg, "trainer.early_stopping_patience", 1)
     p = cfg.probe
     _check(p.every_n_epochs >= 0, "probe.every_n_epochs", f"must be >= 0, got {p.every_n_epochs}")
-    _check(len(p.costs) >= 1 and all(c > 0 for c in p.costs), "probe.costs", "must be a non-empty list of positive numbers")
+    _check(len(p.costs) >= 1 and all(_number(c) and c > 0 for c in p.costs), "probe.costs",
+           f"must be a non-empty list of finite positive numbers, got {p.costs!r}")
+    _check(p.max_iter >= 1, "probe.max_iter", f"must be >= 1, got {p.max_iter}")
+    _optional_int(cfg, "probe.max_train_samples", 1)

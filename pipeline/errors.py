@@ -30,3 +30,9 @@ class Preempted(InfmaskError):
     def __init__(self, signum: int):
         super().__init__(f"preempted by signal {signum}; state saved, rerun the same command to resume")
         self.exit_code = 128 + signum
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -2,10 +2,13 @@
 
 WAL mode and a busy timeout let several processes (sweep workers, DDP rank 0, notebooks) write at once; every
 write is one short `BEGIN IMMEDIATE` transaction and every row has a natural key, so a retried write replaces
-rather than duplicates.
+rather than duplicates. Opening is safe under any concurrency: the schema and the switch to WAL (which SQLite
+does not retry on its busy timeout) happen once per open under a lock file, retried until the timeout. A file
+that is not a readable SQLite database raises StoreError (a usage error, exit 2) naming it and what to do.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import time
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
+
+from .errors import UsageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,6 +84,15 @@ CREATE TABLE IF NOT EXISTS sweep_trials (
 RUN_STATUSES = ("pending", "running", "finished", "failed", "preempted")
 
 
+class StoreError(UsageError):
+    """The results store cannot be opened or read (damaged, not a database, not a file)."""
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -88,13 +102,54 @@ class ResultsStore:
         self.path = Path(path)
         self.timeout = timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(SCHEMA)
+        with self._guard():
+            self._initialise()
+
+    @contextmanager
+    def _guard(self):
+        """sqlite's errors for a damaged or foreign file as one StoreError that says what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "unable to open" not in str(e):
+                raise
+            raise StoreError(f"cannot open the results store {self.path} ({e}); it must be a writable SQLite file "
+                             "in a writable folder") from None
+        except sqlite3.DatabaseError as e:
+            if type(e) is not sqlite3.DatabaseError:  # integrity, programming errors: ours, not the file's
+                raise
+            raise StoreError(f"the results store {self.path} is damaged or not a results store ({e}); move it aside "
+                             f"(mv {self.path} {self.path}.damaged) to start a new one, or restore it from a backup; "
+                             "runs, checkpoints and metrics.jsonl files stay in the workspace") from None
+
+    def _initialise(self) -> None:
+        # Several processes may open a new store at the same instant (parallel trials, array jobs). The switch to WAL
+        # takes an exclusive lock that SQLite does not wait for on the busy timeout, so the schema and the switch are
+        # done under a lock file, and retried until the timeout should a process without it (an older version) hold
+        # the database meanwhile.
+        deadline = time.monotonic() + self.timeout
+        with open(self.path.with_name(f".{self.path.name}.open-lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                while True:
+                    conn = self._connect()
+                    try:
+                        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                            conn.execute("PRAGMA journal_mode = WAL")
+                        conn.executescript(SCHEMA)
+                        return
+                    except sqlite3.OperationalError as e:
+                        if not _busy(e) or time.monotonic() > deadline:
+                            raise
+                    finally:
+                        conn.close()
+                    time.sleep(0.05)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.row_factory = sqlite3.Row
         return conn
@@ -103,6 +158,12 @@ class ResultsStore:
     def transaction(self):
         """One short write transaction; BEGIN IMMEDIATE takes the write lock up front so concurrent writers
         queue on the busy timeout instead of failing with 'database is locked' at commit."""
+        with self._guard():
+            with self._transaction() as conn:
+                yield conn
+
+    @contextmanager
+    def _transaction(self):
         conn = self._connect()
         for attempt in range(50):
             try:
@@ -123,11 +184,12 @@ class ResultsStore:
             conn.close()
 
     def query(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
-        conn = self._connect()
-        try:
-            return conn.execute(sql, tuple(params)).fetchall()
-        finally:
-            conn.close()
+        with self._guard():
+            conn = self._connect()
+            try:
+                return conn.execute(sql, tuple(params)).fetchall()
+            finally:
+                conn.close()
 
     # -------------------------------------------------------------------------------------------- runs
     def upsert_run(self, cfg, *, status: str, run_dir: str | None = None, code_version: str | None = None,
@@ -192,18 +254,20 @@ class ResultsStore:
         if benchmark:
             sql += " AND r.benchmark = ?"
             params.append(benchmark)
-        conn = self._connect()
-        try:
-            return pd.read_sql_query(sql, conn, params=params)
-        finally:
-            conn.close()
+        with self._guard():
+            conn = self._connect()
+            try:
+                return pd.read_sql_query(sql, conn, params=params)
+            finally:
+                conn.close()
 
     def runs_frame(self) -> pd.DataFrame:
-        conn = self._connect()
-        try:
-            return pd.read_sql_query("SELECT * FROM runs", conn)
-        finally:
-            conn.close()
+        with self._guard():
+            conn = self._connect()
+            try:
+                return pd.read_sql_query("SELECT * FROM runs", conn)
+            finally:
+                conn.close()
 
     # -------------------------------------------------------------------------------------------- sweeps
     def upsert_sweep(self, sweep_id: str, *, name: str, file: str, benchmark: str | None, method: str | None,

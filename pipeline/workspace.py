@@ -21,7 +21,13 @@ class Workspace:
     @classmethod
     def open(cls, root: str | os.PathLike | None = None) -> "Workspace":
         ws = cls(resolve_root(root))
-        ws.root.mkdir(parents=True, exist_ok=True)
+        try:
+            ws.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            from .errors import UsageError
+
+            raise UsageError(f"the workspace root {ws.root} (--root or $INFMASK_ROOT) is a file, or lies under one; "
+                             "give a folder") from None
         return ws
 
     def raw(self, dataset: str) -> Path:

@@ -27,3 +27,14 @@ def root(tmp_path, monkeypatch):
     r = tmp_path / "ws"
     monkeypatch.setenv("INFMASK_ROOT", str(r))
     return r
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """A fresh workspace root for in-process CLI calls: INFMASK_ROOT set (the CLI exports it; monkeypatch puts the
+    old value back), W&B disabled, no mirror from the environment. Modules may define their own `ws`."""
+    root = tmp_path / "ws"
+    monkeypatch.setenv("INFMASK_ROOT", str(root))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
+    return root

@@ -42,10 +42,22 @@ def test_paper_preset_matches_spec():
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.trainer.max_epochs, cfg.data.image_size) == (3e-4, 1e-4, 100, 224)
 
 
-def test_cpu_preset_keeps_a_token_grid():
-    cfg = build_config("trifeatures", "infmasking", "cpu")
-    assert cfg.data.image_size >= 128  # AlexNet trunk: 128 px -> 3x3 tokens per image
-    assert all(m["adapter_kwargs"]["grid_size"] >= 3 for m in cfg.model.modalities)
+@pytest.mark.parametrize("preset", ["cpu", "smoke"])
+def test_trifeatures_presets_trunks_give_the_adapters_token_grid(preset):
+    """Masking needs several tokens per image: the trunk's grid at the preset's resolution is the one the adapter
+    is built for (the cpu preset at least 4x4: rho = 0.7 then keeps 4 of 16 tokens)."""
+    import torch
+
+    from models.encoders import build_encoder
+
+    cfg = build_config("trifeatures", "infmasking", preset)
+    size = cfg.data.image_size
+    for m in cfg.model.modalities:
+        out = build_encoder(m["encoder"], **(m.get("encoder_kwargs") or {}))(torch.zeros(1, 3, size, size))
+        assert out.shape[1:] == (m["adapter_kwargs"]["num_channels"], m["adapter_kwargs"]["grid_size"],
+                                 m["adapter_kwargs"]["grid_size"])
+        if preset == "cpu":
+            assert m["adapter_kwargs"]["grid_size"] >= 4
 
 
 def test_seed_changes_run_id_not_group():
@@ -68,6 +80,9 @@ def test_seed_changes_run_id_not_group():
     ("model.num_mask=2.5", "model.num_mask"),
     ("optim.scheduler=linear", "valid choices"),
     ("probe.protocol=cheat", "clean, reference"),
+    ("data.blur_sigma=[0, 1]", "data.blur_sigma"),
+    ("data.blur_sigma=[1.0]", "data.blur_sigma"),
+    ("data.render=upscale", "resize, native"),
     ("noequals", "key=value"),
 ])
 def test_bad_overrides_name_the_key(override, fragment):
@@ -112,3 +127,54 @@ def test_every_benchmark_builds_every_preset():
 def test_parse_overrides_values():
     ov = parse_overrides(["--a.b=[1, 2]", "c.d=None", "e.f=True", "g.h=0.7", "i.j=text"])
     assert ov == {"a.b": [1, 2], "c.d": None, "e.f": True, "g.h": 0.7, "i.j": "text"}
+
+
+BAD_VALUES = [  # (arguments after `pretrain trifeatures --preset smoke`, the key the one-line error names)
+    (["model.n_heads=0"], "model.n_heads"),                     # was a ZeroDivisionError inside validation
+    (["model.temperature=inf"], "model.temperature"),
+    (["optim.lr=1e400"], "optim.lr"),                           # YAML reads it as a string, float() as inf
+    (["model.weights=[1.0, .nan]"], "model.weights"),
+    (["--seed", "-1"], "seed"),
+    (["--seed", "4294967296"], "seed"),                        # Lightning would silently draw a random seed
+    (["data.data_seed=-5"], "data.data_seed"),
+    (["trainer.devices=abc"], "trainer.devices"),
+    (["trainer.devices=0"], "trainer.devices"),
+    (["trainer.limit_train_batches=-1"], "trainer.limit_train_batches"),
+    (["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator"),
+    (["trainer.early_stopping_patience=soon"], "trainer.early_stopping_patience"),
+    (["data.dataset=mosi"], "data.dataset"),                    # would start downloading MOSI for Trifeatures
+    (["probe.costs=[1.0, a]"], "probe.costs"),
+    (["data.max_items=-3"], "data.max_items"),
+]
+
+
+@pytest.mark.parametrize("args, key", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_values_are_refused_before_any_file_is_written(tmp_path, monkeypatch, capsys, args, key):
+    root = tmp_path / "ws"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main(["pretrain", "trifeatures", "--preset", "smoke", "--root", str(root), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"error: {key}" in err and "Traceback" not in err, err
+    assert not root.exists()  # nothing written, not even the workspace folder
+
+
+def test_trial_seed_takes_the_same_typed_check(tmp_path, monkeypatch, capsys):
+    # A W&B agent passing --seed=1.5 used to train seed 1 without a word.
+    monkeypatch.setenv("INFMASK_ROOT", str(tmp_path / "ws"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for seed, words in (("1.5", "seed: expected an integer, got 1.5"), ("abc", "seed: expected an integer"),
+                        ("-2", "seed: must be in [0, 4294967295]")):
+        assert main(["trial", "--benchmark=trifeatures", "--preset=smoke", f"--seed={seed}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "ws").exists()
+    cfg = build_config("trifeatures", "infmasking", "smoke", overrides=["seed=7.0"])  # lossless: fine
+    assert cfg.seed == 7
+
+
+def test_valid_trainer_values_still_pass():
+    for ov in (["trainer.devices=2"], ["trainer.devices=auto"], ["trainer.devices=[0, 1]"], ["trainer.devices=-1"],
+               ["trainer.limit_train_batches=0.25"], ["trainer.limit_val_batches=0"], ["trainer.limit_train_batches=3"],
+               ["trainer.early_stopping_patience=5"], ["--seed=4294967295"], ["data.data_seed=0"]):
+        build_config("trifeatures", "infmasking", "smoke", overrides=ov)

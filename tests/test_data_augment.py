@@ -175,6 +175,16 @@ def test_probe_transform_is_deterministic_normalisation(device):
     assert rc(x).shape == (8, 3, 32, 32) and not torch.allclose(rc(x), y)
 
 
+def test_ssl_blur_sigma_range_is_configurable():
+    aug = A.ImageSSLAugment(32, blur_sigma=(0.05, 0.5))
+    blur = next(m for m in aug.ops if isinstance(m, A.FastGaussianBlur))
+    assert blur.sigma == (0.05, 0.5)
+    assert next(m for m in A.ImageSSLAugment(32).ops if isinstance(m, A.FastGaussianBlur)).sigma == (0.1, 2.0)
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,)):
+        with pytest.raises(ValueError, match="blur_sigma"):
+            A.ImageSSLAugment(32, blur_sigma=bad)
+
+
 def test_image_input_validation():
     with pytest.raises(ValueError, match="x"):
         A.ImageProbeTransform(8)(torch.zeros(2, 8, 8, 4, dtype=torch.uint8))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from data import fetch
+from data import fetch, transfer
+from data.drive_page import confirm_target
 from data.fetch import ChecksumError, DownloadError, download, drive_url, verified_record, verify_file
 
 ROOT = Path(__file__).resolve().parents[1]  # for the subprocesses' PYTHONPATH
@@ -177,6 +178,11 @@ def server():
 FAST = {"retries": 3, "backoff": 0.01, "timeout": 5.0, "progress": False}
 
 
+def resumed_at(offset: int) -> str:
+    """The Range of a resumed first download (no sha256 known): the last bytes held are asked again to check."""
+    return f"bytes={max(0, offset - transfer._OVERLAP)}-"
+
+
 def test_download_then_idempotent(server, tmp_path, caplog):
     server.files["/f.bin"] = CONTENT
     dest = tmp_path / "raw" / "f.bin"
@@ -207,7 +213,7 @@ def test_resume_drive_download_goes_through_confirm_again(server, tmp_path):
     download(url, tmp_path / "mosi_data.pkl", **FAST)
     assert (tmp_path / "mosi_data.pkl").read_bytes() == CONTENT
     assert [p.split("?")[0] for p, _, _ in server.log] == ["/uc", "/download", "/uc", "/download"]
-    assert server.log[-1][1:] == ("bytes=50000-", 206)
+    assert server.log[-1][1:] == (resumed_at(50_000), 206)
 
 
 def test_drive_confirm_page(server, tmp_path):
@@ -225,16 +231,16 @@ def test_drive_url_and_page_parsing():
     assert drive_url(DRIVE_ID) == f"https://drive.google.com/uc?export=download&id={DRIVE_ID}"
     with pytest.raises(ValueError, match="file_id"):
         drive_url("not an id!")
-    target, title = fetch._confirm_target(confirm_page(1, DRIVE_ID).decode(), "https://drive.google.com/uc?id=x", {})
+    target, title = confirm_target(confirm_page(1, DRIVE_ID).decode(), "https://drive.google.com/uc?id=x", {})
     assert title == "Google Drive - Virus scan warning" and "confirm=t" in target and f"uuid={UUID}" in target
     quota = ("<html><head><title>Google Drive - Quota exceeded</title></head><body>Too many users have viewed or "
              "downloaded this file recently.</body></html>")
-    assert fetch._confirm_target(quota, "https://drive.google.com/uc?id=x", {}) == \
+    assert confirm_target(quota, "https://drive.google.com/uc?id=x", {}) == \
         (None, "Google Drive - Quota exceeded")
     old = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=AbCd&amp;id=XYZ">Download anyway</a>'
-    assert fetch._confirm_target(old, "https://drive.google.com/uc?id=XYZ", {})[0] == \
+    assert confirm_target(old, "https://drive.google.com/uc?id=XYZ", {})[0] == \
         "https://drive.google.com/uc?export=download&confirm=AbCd&id=XYZ"
-    assert "confirm=tok" in fetch._confirm_target("<html></html>", "https://drive.google.com/uc?id=XYZ",
+    assert "confirm=tok" in confirm_target("<html></html>", "https://drive.google.com/uc?id=XYZ",
                                                   {"download_warning_123": "tok"})[0]
 
 
@@ -250,20 +256,21 @@ def test_404_is_immediate_and_clear(server, tmp_path):
 
 def test_progress_restores_retry_budget(server, tmp_path, monkeypatch):
     # Six drops with retries=2: each attempt moves the file forward, so the transfer is never abandoned.
-    monkeypatch.setattr(fetch, "_PROGRESS_RESET", 10_000)
+    monkeypatch.setattr(transfer, "_PROGRESS_RESET", 10_000)
+    monkeypatch.setattr(transfer, "_OVERLAP", 1000)
     server.files["/f.bin"] = CONTENT
     server.drop_after["/f.bin"] = [20_000] * 6
     download(server.url("/f.bin"), tmp_path / "f.bin", retries=2, backoff=0.01, progress=False)
     assert (tmp_path / "f.bin").read_bytes() == CONTENT
-    assert [r for _, r, _ in server.log] == [None] + [f"bytes={20_000 * k}-" for k in range(1, 7)]
+    assert [r for _, r, _ in server.log] == [None] + [f"bytes={19_000 * k}-" for k in range(1, 7)]  # 1000 sent again
 
 
 def test_dropped_connection_without_progress_gives_up(server, tmp_path):
     server.files["/f.bin"] = CONTENT
-    server.drop_after["/f.bin"] = [10] * 6  # a trickle is not progress
+    server.drop_after["/f.bin"] = [1000] * 6  # the same bytes again and again are not progress
     with pytest.raises(DownloadError, match="giving up"):
         download(server.url("/f.bin"), tmp_path / "f.bin", retries=2, backoff=0.01, progress=False)
-    assert len(server.log) == 3 and (tmp_path / "f.bin.part").stat().st_size == 30  # kept for a later resume
+    assert len(server.log) == 3 and (tmp_path / "f.bin.part").stat().st_size == 1000  # kept for a later resume
     download(server.url("/f.bin"), tmp_path / "f.bin", **FAST)  # ... which works
     assert (tmp_path / "f.bin").read_bytes() == CONTENT
 
@@ -332,7 +339,7 @@ def test_drop_then_range_ignored(server, tmp_path):
     server.ignore_range.add("/f.bin")
     download(server.url("/f.bin"), tmp_path / "f.bin", **FAST)
     assert (tmp_path / "f.bin").read_bytes() == CONTENT
-    assert [(r, s) for _, r, s in server.log] == [(None, 200), ("bytes=30000-", 200)]
+    assert [(r, s) for _, r, s in server.log] == [(None, 200), (resumed_at(30_000), 200)]
 
 
 def test_416_on_complete_part_and_on_oversized_part(server, tmp_path):
@@ -341,10 +348,10 @@ def test_416_on_complete_part_and_on_oversized_part(server, tmp_path):
     download(server.url("/f.bin"), tmp_path / "a", expected_sha256=sha(CONTENT), **FAST)
     assert (tmp_path / "a").read_bytes() == CONTENT
     assert [s for _, _, s in server.log] == [416]
-    (tmp_path / "b.part").write_bytes(CONTENT + b"extra")  # longer than the file: restart from zero
+    (tmp_path / "b.part").write_bytes(CONTENT + b"extra")  # longer than the file, no validator: restart from zero
     download(server.url("/f.bin"), tmp_path / "b", **FAST)
     assert (tmp_path / "b").read_bytes() == CONTENT
-    assert [s for _, _, s in server.log] == [416, 416, 200]
+    assert [(r, s) for _, r, s in server.log] == [("bytes=200000-", 416), (None, 200)]
 
 
 def test_upstream_change_between_attempts_restarts(server, tmp_path):
@@ -356,13 +363,13 @@ def test_upstream_change_between_attempts_restarts(server, tmp_path):
         server.files["/f.bin"] = OTHER
         real_sleep(seconds)
 
-    fetch.time.sleep, saved = change_then_sleep, fetch.time.sleep
+    transfer.time.sleep, saved = change_then_sleep, transfer.time.sleep
     try:
         download(server.url("/f.bin"), tmp_path / "f.bin", **FAST)
     finally:
-        fetch.time.sleep = saved
+        transfer.time.sleep = saved
     assert (tmp_path / "f.bin").read_bytes() == OTHER  # If-Range made the server send the new file whole
-    assert [(r, s) for _, r, s in server.log] == [(None, 200), ("bytes=40000-", 200)]
+    assert [(r, s) for _, r, s in server.log] == [(None, 200), (resumed_at(40_000), 200)]
 
 
 def test_spliced_resume_is_redownloaded_before_failing(server, tmp_path):
@@ -416,7 +423,7 @@ def test_verify_placed_file_with_tofu(tmp_path):
 
 def test_progress_log_lines_without_terminal(server, tmp_path, caplog, monkeypatch):
     server.files["/f.bin"] = CONTENT
-    monkeypatch.setattr(fetch, "_LOG_EVERY", 0.0)
+    monkeypatch.setattr(transfer, "_LOG_EVERY", 0.0)
     with caplog.at_level(logging.INFO, logger="data.fetch"):
         download(server.url("/f.bin"), tmp_path / "f.bin", chunk=50_000, retries=0, progress=True)
     lines = [r.getMessage() for r in caplog.records if "%" in r.getMessage() and "/s" in r.getMessage()]

@@ -76,9 +76,8 @@ def _roundtrip_data():
         },
         "nested": {"ints": np.arange(6, dtype=np.int64).reshape(2, 3), "bool": np.array([True, False]),
                    "u8": np.arange(5, dtype=np.uint8), "f16": np.ones(3, np.float16), "c": np.array([1 + 2j]),
-                   "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
-                   "structured": np.zeros(2, dtype=[("a", "<f4"), ("b", "<i8")]),
-                   "datetime": np.array(["2020-01-01"], dtype="datetime64[D]"),
+                   "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "big_endian": np.arange(3, dtype=">f8"),
+                   "empty": np.zeros((0, 3), np.float32), "bytes": np.array([b"ab", b"c"]),
                    "scalars": [np.float32(1.5), np.int64(7), np.bool_(True)], "dtype": np.dtype(">i2")},
         "builtins": [1, 2.5, "s", b"bytes", None, True, (1, 2), {1, 2}, frozenset({3}), 1j, slice(1, 5, 2),
                      bytearray(b"ab"), collections.OrderedDict(a=1)],
@@ -313,3 +312,67 @@ def test_not_an_archive(tmp_path):
     junk.write_bytes(b"not an archive")
     with pytest.raises(ValueError, match="archive"):
         safe_extract(junk, tmp_path / "out")
+
+
+def _sparse_tar(path: Path, realsize: int = 1 << 40) -> Path:
+    """A PAX (GNU 1.0) sparse member: 1 KiB in the archive, declaring `realsize` bytes once extracted."""
+    data = b"1\n0\n1\n".ljust(512, b"\0") + b"x".ljust(512, b"\0")  # the sparse map, then the one data block
+    info = tarfile.TarInfo("GNUSparseFile.0/big.bin")
+    info.size = len(data)
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "big.bin",
+                        "GNU.sparse.realsize": str(realsize)}
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _damaged(tmp_path: Path, case: str) -> Path:
+    good_tgz = _tar(tmp_path / "good.tar.gz", [*_GOOD, ("big.bin", os.urandom(200_000))], "w:gz").read_bytes()
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as zf:
+        for name, data in _GOOD:
+            zf.writestr(name, data)
+    path = tmp_path / {"truncated_tgz": "a.tar.gz", "garbage_tgz": "a.tar.gz", "truncated_zip": "a.zip",
+                       "garbage_zip": "a.zip", "html_named_zip": "a.zip", "unknown": "a.bin"}[case]
+    path.write_bytes({"truncated_tgz": good_tgz[: len(good_tgz) // 2], "garbage_tgz": b"\x1f\x8b" + os.urandom(5000),
+                      "truncated_zip": zbuf.getvalue()[:-30], "garbage_zip": os.urandom(3000),
+                      "html_named_zip": b"<html><title>Not Found</title></html>", "unknown": b"plain text"}[case])
+    (tmp_path / "good.tar.gz").unlink()
+    return path
+
+
+@pytest.mark.parametrize("case", ["truncated_tgz", "garbage_tgz", "truncated_zip", "garbage_zip", "html_named_zip",
+                                  "unknown"])
+def test_damaged_archive_is_a_clear_error_and_leaves_nothing(tmp_path, case):
+    archive = _damaged(tmp_path, case)
+    dest = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"damaged|neither a zip nor a tar") as info:
+        safe_extract(archive, dest)
+    from data.safe_io import ArchiveError, list_archive
+
+    assert isinstance(info.value, ArchiveError) and str(archive) in str(info.value)
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]  # no partial folder, no temporary one
+    with pytest.raises(ArchiveError):
+        list_archive(archive)
+
+
+def test_sparse_member_declaring_a_terabyte_is_refused(tmp_path):
+    archive = _sparse_tar(tmp_path / "sparse.tar")
+    assert archive.stat().st_size < 20_000
+    with pytest.raises(UnsafeArchiveError, match="sparse") as info:
+        safe_extract(archive, tmp_path / "out")
+    assert info.value.member == "big.bin"
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]
+
+
+def test_member_declaring_more_than_the_free_space_is_an_archive_error(tmp_path):
+    info = tarfile.TarInfo("huge.bin")
+    info.size = 1 << 40  # a header that declares a terabyte, with no data behind it
+    archive = tmp_path / "huge.tar"
+    archive.write_bytes(info.tobuf(tarfile.GNU_FORMAT) + b"\0" * 1024)
+    with pytest.raises(ValueError, match="not enough disk space|damaged") as raised:
+        safe_extract(archive, tmp_path / "out")
+    from data.safe_io import ArchiveError
+
+    assert isinstance(raised.value, ArchiveError) and str(archive) in str(raised.value)
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]

@@ -395,3 +395,23 @@ def test_full_224_generation_is_fast_and_complete(tmp_path):
     T.preprocess(tmp_path / "raw", tmp_path / "proc", image_size=224, progress=False)
     assert time.perf_counter() - t0 < 60
     assert T.verify(tmp_path / "proc") == []
+
+
+def test_native_render_preprocess_generates_at_the_training_size(tmp_path, capsys):
+    """data.render=native: the raw set is rendered at image_size (textures keep their 10 px period) on demand,
+    beside the 224 px set's folder, and preprocessing does not resize it."""
+    from data import trifeatures_stages as stages
+    from pipeline.config import build_config
+    from pipeline.workspace import Workspace
+
+    ws = Workspace.open(tmp_path / "ws")
+    cfg = build_config("trifeatures", "infmasking", "smoke",
+                       overrides=["data.render=native", "data.image_size=40", "data.max_size=64"])
+    out = stages.preprocess(ws, None, cfg)
+    raw = stages.raw_dir(ws, 42, 40)
+    assert raw.name == "seed_42_px40" and T.read_manifest(raw)["params"]["size"] == 40
+    assert not stages.raw_dir(ws, 42).exists()  # no 224 px set was rendered for it
+    assert "native" in out.name and T.load_processed(out, "train")["images"].shape[1:] == (40, 40, 3)
+    resized = build_config("trifeatures", "infmasking", "smoke", overrides=["data.image_size=40", "data.max_size=64"])
+    assert stages.processed_dir(ws, resized) != out
+    assert "rendered at 40 px" in capsys.readouterr().out

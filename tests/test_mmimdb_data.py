@@ -18,7 +18,8 @@ from mmimdb_support import write_archive  # noqa: E402
 from data import mmimdb as M  # noqa: E402
 from data import mmimdb_stages as S  # noqa: E402
 from data.registry import DATASETS  # noqa: E402
-from pipeline.config import build_config  # noqa: E402
+from data.urls import mirror_url  # noqa: E402
+from pipeline.config import ConfigError, build_config  # noqa: E402
 from pipeline.errors import UsageError  # noqa: E402
 from pipeline.workspace import Workspace  # noqa: E402
 
@@ -63,7 +64,7 @@ def indexed(env):
 
 def test_download_is_verified_recorded_and_idempotent(env, indexed, capsys):
     ws, url = env["ws"], env["url"]
-    mirrored = S.mirror_url(ENTRY.files[0].url, url)
+    mirrored = mirror_url(ENTRY.files[0].url, ENTRY.files[0].name, url)
     assert mirrored == f"{url}/download/mmimdb/mmimdb.tar.gz"
     record = json.loads(ws.checksums.read_text())["files"][mirrored]
     assert record["sha256"] == M.sha256_file(env["archive"]) and record["size"] == env["archive"].stat().st_size
@@ -260,8 +261,8 @@ def test_cache_is_reused_and_keyed_by_what_it_depends_on(env, cached, capsys):
     other = _cfg(env, "data.feature_cache=True", "data.cache_copies=4")
     assert S.cache_dir(env["ws"], other) != out
     assert S.cache_dir(env["ws"], _cfg(env, "data.feature_cache=True", "data.image_norm=clip")) != out
-    with pytest.raises(UsageError, match="cache_copies"):
-        S.preprocess(env["ws"], ENTRY, _cfg(env, "data.feature_cache=True", "data.cache_copies=3"))
+    with pytest.raises(ConfigError, match="cache_copies"):  # refused with the config, before any file is written
+        _cfg(env, "data.feature_cache=True", "data.cache_copies=3")
 
 
 def test_datamodule_errors_are_usage_errors(env, indexed, monkeypatch):

@@ -17,6 +17,9 @@ from models.methods import parameter_groups, warmup_cosine_lr
     ("alexnet", {"channels_last": True}, torch.randn(2, 3, 64, 64), (2, 256, 1, 1)),
     ("alexnet", {"width": 0.5}, torch.randn(2, 3, 128, 128), (2, 128, 3, 3)),
     ("resnet18", {}, torch.randn(2, 3, 128, 128), (2, 512, 4, 4)),
+    ("convnet", {}, torch.randn(2, 3, 64, 64), (2, 128, 4, 4)),
+    ("convnet", {"channels_last": True}, torch.randn(2, 3, 96, 96), (2, 128, 6, 6)),
+    ("convnet", {"widths": [8, 16, 24], "norm": "none"}, torch.randn(2, 3, 64, 64), (2, 24, 8, 8)),
     ("affect_transformer", {"n_features": 20}, torch.randn(2, 50, 20), (2, 50, 40)),
     ("mlp", {"in_dim": 5, "hidden_dim": 10, "out_dim": 10}, torch.randn(2, 5), (2, 10)),
     ("gru", {"in_dim": 12, "hidden_dim": 32}, torch.randn(2, 24, 12), (2, 24, 32)),
@@ -27,6 +30,15 @@ from models.methods import parameter_groups, warmup_cosine_lr
 def test_encoder_shapes(name, kwargs, x, shape):
     enc = build_encoder(name, **kwargs)
     assert enc(x).shape == shape
+
+
+def test_convnet_trunk_options_are_checked():
+    enc = build_encoder("convnet", widths=[8, 16], norm="none")
+    assert enc.out_dim == 16 and not any(isinstance(m, nn.BatchNorm2d) for m in enc.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in build_encoder("convnet").modules())
+    for bad in ({"widths": []}, {"widths": [8, 0]}, {"widths": [8.5]}, {"norm": "ln"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            build_encoder("convnet", **bad)
 
 
 def alex_params(m):

@@ -24,16 +24,6 @@ def mirror(tmp_path_factory):
         yield base, server
 
 
-@pytest.fixture
-def ws(tmp_path, monkeypatch):
-    """A fresh workspace; the CLI exports INFMASK_ROOT, monkeypatch puts the old value back afterwards."""
-    root = tmp_path / "ws"
-    monkeypatch.setenv("INFMASK_ROOT", str(root))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
-    return root
-
-
 def cli(*args) -> int:
     return main([str(a) for a in args])
 
@@ -55,13 +45,14 @@ def test_download_verify_preprocess_all_public(mirror, ws, capsys):
         assert cli("download", name, "--base-url", base, "--root", ws) == 0
     out = capsys.readouterr().out
     assert out.count("downloaded and verified") == 3 and "extracted 5 episode files" in out
-    # trust on first use: recorded under the registry URL, not the mirror's
+    # trust on first use: recorded under the mirror's URL, never under the registry URL it stands in for
     record = json.loads((ws / "raw" / "checksums.json").read_text())["files"]
-    assert set(record) == {DATASETS[n].files[0].url for n in (*AFFECT, "visionandtouch")}
+    assert set(record) == {stages.mirror_url(DATASETS[n].files[0].url, DATASETS[n].files[0].name, base)
+                           for n in (*AFFECT, "visionandtouch")}
     for name in AFFECT:
         man = json.loads((ws / "raw" / name / "manifest.json").read_text())
         (entry,) = man["files"].values()
-        assert entry["sha256"] == record[entry["url"]]["sha256"]
+        assert entry["sha256"] == record[entry["url"]]["sha256"] and entry["registry_url"] not in record
     assert not (ws / "raw" / "visionandtouch" / "triangle_real_data.zip").exists()
     # idempotent: a second run fetches nothing and says so
     hits = len(server.hits)
@@ -125,22 +116,23 @@ def test_mimic_schema_violation_is_a_clear_error(ws, capsys):
     assert "missing key 'y_icd9'" in capsys.readouterr().err
 
 
-def test_affect_schema_violation_is_a_clear_error(ws, capsys):
+def test_affect_schema_violation_is_a_clear_error(ws, capsys, monkeypatch):
     d = pickle.loads(fx.affect_pickle("mosi", sizes={"train": 4, "valid": 3, "test": 3}))
     d["train"]["vision"] = d["train"]["vision"][:, :, :10]
     with fx.serve({"mirror/mosi_data.pkl": pickle.dumps(d)}) as (base, _):
-        assert cli("download", "mosi", "--base-url", base, "--root", ws) == 0
-    assert cli("preprocess", "mosi", "--root", ws) == 2
-    err = capsys.readouterr().err
-    assert "['train']['vision']" in err and "(N, 50, 20)" in err
+        monkeypatch.setenv("INFMASK_BASE_URL", base)  # where preprocess fetches what is missing
+        for args in (("download", "mosi", "--base-url", base), ("preprocess", "mosi")):  # checked before any use
+            assert cli(*args, "--root", ws) == 2
+            err = capsys.readouterr().err
+            assert "['train']['vision']" in err and "(N, 50, 20)" in err and len(err.strip().splitlines()) == 1
+    assert not (ws / "raw" / "mosi" / "mosi_data.pkl").exists() and not (ws / "raw" / "checksums.json").exists()
     assert not (ws / "processed" / "mosi").exists() or not any((ws / "processed" / "mosi").iterdir())
 
 
 def test_malicious_pickle_is_refused_and_runs_nothing(ws, tmp_path, capsys):
     marker = tmp_path / "pwned"
     with fx.serve({"mirror/humor.pkl": pickle.dumps({"train": fx.Exploit(marker)})}) as (base, _):
-        assert cli("download", "humor", "--base-url", base, "--root", ws) == 0
-    assert cli("preprocess", "humor", "--root", ws) == 2
+        assert cli("download", "humor", "--base-url", base, "--root", ws) == 2
     err = capsys.readouterr().err
     assert "refusing to unpickle" in err and "system" in err
     assert not marker.exists()
@@ -163,6 +155,18 @@ def test_archive_without_episodes_is_refused(ws, capsys):
     assert "no .h5 episode files" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_damaged_archive_is_a_one_line_error(ws, tmp_path, capsys, damage):
+    good = fx.vt_zip(tmp_path / "b", n_files=1)
+    blob = good[: len(good) // 2] if damage == "truncated" else b"PK\x03\x04" + bytes(range(256)) * 8
+    with fx.serve({f"mirror/{fx.VT_ZIP_PATH}": blob}) as (base, _):
+        assert cli("download", "visionandtouch", "--base-url", base, "--root", ws) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "triangle_real_data.zip" in err and "damaged" in err, err
+    assert not (ws / "raw" / "visionandtouch" / "extracted").exists()
+    assert not (ws / "raw" / "checksums.json").exists()
+
+
 def test_mirror_faults(ws, capsys):
     good = fx.affect_pickle("sarcasm", sizes={"train": 4, "valid": 3, "test": 3})
     with fx.serve({}) as (base, _):
@@ -176,7 +180,7 @@ def test_mirror_faults(ws, capsys):
         dest.unlink()
         server.files["mirror/sarcasm.pkl"] = good[:100] + bytes([good[100] ^ 1]) + good[101:]
         assert cli("download", "sarcasm", "--base-url", base, "--root", ws) == 2
-        assert "different bytes" in capsys.readouterr().err
+        assert "checksum mismatch" in capsys.readouterr().err
         assert not dest.exists() and dest.with_name("sarcasm.pkl.quarantine").exists()
         # a damaged workspace copy is replaced by a good download
         server.files["mirror/sarcasm.pkl"] = good

@@ -33,6 +33,13 @@ def download_cli(args) -> int:
     if not args.dataset:
         raise UsageError("name a dataset (or --list); valid: " + ", ".join(DATASETS))
     entry = dataset_for(args.dataset)
+    if args.base_url:
+        from data.urls import BadMirrorURL, check_base_url
+
+        try:
+            check_base_url(args.base_url)
+        except BadMirrorURL as e:
+            raise UsageError(str(e)) from None
     ws = Workspace.open()
     t0 = time.time()
     out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
@@ -78,14 +85,12 @@ def _data_key(cfg, ws, entry) -> tuple:
 
 
 def ensure_data(cfg, ws, force: bool = False):
-    """Download (if generated or already fetched) and preprocess what `cfg` trains on; both steps are idempotent."""
+    """Preprocess what `cfg` trains on (a generated dataset's preprocess generates its raw set when missing);
+    idempotent."""
     entry = dataset_for(cfg.data.dataset)
     key = _data_key(cfg, ws, entry)
     if key in _ENSURED and not force and (_ENSURED[key] is None or Path(_ENSURED[key]).exists()):
         return _ENSURED[key]
-    generated = (str(ws.root), entry.name, cfg.data.data_seed)
-    if entry.kind == "generated" and (generated not in _ENSURED or force):
-        _ENSURED[generated] = entry.stage("download")(ws, entry, data_seed=cfg.data.data_seed)
     _ENSURED[key] = out = entry.stage("preprocess")(ws, entry, cfg, force=force)
     return out
 

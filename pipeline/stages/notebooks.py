@@ -29,6 +29,10 @@ KERNEL = "python3"
 
 def notebooks_cli(args) -> int:
     ws = Workspace.open(getattr(args, "root", None))
+    if ws.db_path.exists():  # a damaged store: one line here, not a traceback from inside a notebook's kernel
+        from ..store import ResultsStore
+
+        ResultsStore(ws.db_path)
     out_dir = ws.reports / "notebooks"
     paths = execute_notebooks(ws.root, out_dir)
     for p in paths:

@@ -5,7 +5,9 @@
 - A finished run keeps one weights-only checkpoint, the one its probe reads (`probe.checkpoint`: best.ckpt, or
   last.ckpt rewritten without the optimiser state); the resume state is deleted once the run is recorded finished.
 - Rerunning an interrupted run resumes from `last.ckpt` with the same W&B run id; a finished run is skipped
-  unless --force.
+  unless --force. A damaged `last.ckpt` is a usage error (exit 2) and the run is marked failed.
+- One writer per run: rank 0 holds the run's lock (pipeline/run_lock.py) from the skip check to the end of fit;
+  the same run started elsewhere meanwhile exits 2 at once.
 - A non-finite loss stops the run: the state is saved to `failed.ckpt`, the store says `failed`, exit code 1.
 - SIGTERM / SIGUSR1 (preemption): `last.ckpt` is saved, the store says `preempted`, exit code 128+signal.
 - DDP (`trainer.devices=N trainer.strategy=ddp`, or one Slurm task per device): every rank runs this function;
@@ -21,12 +23,13 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import build_config
-from ..errors import Preempted, RunFailed, UsageError
+from ..errors import Preempted, RunFailed, UsageError, first_line
+from ..run_lock import run_lock
 from ..store import ResultsStore
 from ..workspace import Workspace, atomic_write_text
 
@@ -93,18 +96,13 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     """Train `cfg`. `stage` names the W&B run and its job type (`trial`: pretrain + probe in one run);
     `wandb_run_id`: the W&B run id to use (an `infmask sweep` trial's id) instead of one derived from the config."""
     import pytorch_lightning as pl
-    import torch
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from models.methods import NonFiniteLossError, build_method
-
-    from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PreemptionCheckpoint, PreemptionRequested,
-                             TelemetryCallback, ValProbeCallback)
+    from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PreemptionCheckpoint, TelemetryCallback,
+                             ValProbeCallback)
     from ..progress import EpochBar, progress_callback
     from ..quiet import quiet_third_party
-    from ..tracking import code_version, scrub, wandb_id
-    from .data_stages import datamodule_for, ensure_data
 
     quiet_third_party()
     store = ResultsStore(ws.db_path)
@@ -112,10 +110,6 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     ckpt_dir = checkpoint_dir(run_dir)
     last = ckpt_dir / "last.ckpt"
     kept = final_checkpoint(run_dir, cfg)
-    previous = store.get_run(cfg.run_id)
-    if previous and previous["status"] == "finished" and kept.exists() and not force:
-        print(f"{cfg.run_id}: already pretrained ({kept}); skipping (use --force to retrain)")
-        return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
     preemption = PreemptionCheckpoint(last)
@@ -135,16 +129,65 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     callbacks.append(progress)
     # The Trainer resolves the cluster environment (local DDP launcher, Slurm, torchrun) and this process's global
     # rank without launching anything; the logger is attached afterwards, on rank 0 only.
-    trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=isinstance(progress, EpochBar),
-                         enable_model_summary=False, plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir),
-                         **_trainer_settings(cfg))
+    try:
+        trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=isinstance(progress, EpochBar),
+                             enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                             default_root_dir=str(run_dir), **_trainer_settings(cfg))
+    except (ValueError, MisconfigurationException) as e:  # e.g. trainer.strategy unknown, or no such accelerator
+        raise UsageError(f"the trainer settings cannot be used here: {first_line(e, 300)}") from None
     rank0 = trainer.global_rank == 0
-    global _LAUNCHED_RANKS
     if _LAUNCHED_RANKS and trainer.world_size > 1:
         raise UsageError("trainer.strategy=ddp starts the other ranks by running this command again, so one command "
                          "can train one DDP run; for several runs in one command use trainer.strategy=ddp_spawn, "
                          "or run `infmask pretrain` / `infmask trial` once per run")
+    # One writer per run: rank 0 holds the run from the skip check to the end of fit (other ranks write nothing).
+    with run_lock(ws, cfg.run_id, "pretrain") if rank0 else nullcontext():
+        previous = store.get_run(cfg.run_id)
+        if previous and previous["status"] == "finished" and kept.exists() and not force:
+            print(f"{cfg.run_id}: already pretrained ({kept}); skipping (use --force to retrain)")
+            return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
+        if last.exists() and not force:
+            _check_resumable(last, cfg, store if rank0 and previous else None)
+        return _train(cfg, ws, store, trainer, preemption, run_dir=run_dir, previous=previous, force=force,
+                      sweep_id=sweep_id, keep_wandb_open=keep_wandb_open, stage=stage, wandb_run_id=wandb_run_id)
 
+
+def _check_resumable(last: Path, cfg, store) -> None:
+    """A damaged last.ckpt is a usage error naming the file and what to do (not a traceback inside fit, with the
+    run left `running`): the run is marked failed."""
+    import torch
+
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        why = None if isinstance(ckpt, dict) and "state_dict" in ckpt and "loops" in ckpt else \
+            "not a Lightning checkpoint with training state"
+    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
+        why = f"{type(e).__name__}: {first_line(e)}"
+    if why is None:
+        return
+    if store is not None:
+        store.set_status(cfg.run_id, "failed", f"damaged checkpoint {last}: {why}")
+    raise UsageError(f"{last} is damaged ({why}); this run cannot resume from it. Move it aside (mv {last} "
+                     f"{last}.damaged) to train the run again from the start, or rerun with --force")
+
+
+def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_dir: Path, previous: dict | None,
+           force: bool, sweep_id: str | None, keep_wandb_open: bool, stage: str = "pretrain",
+           wandb_run_id: str | None = None) -> PretrainResult:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from models.methods import NonFiniteLossError, build_method
+
+    from ..callbacks import PreemptionRequested
+    from ..tracking import code_version, scrub, wandb_id
+    from .data_stages import datamodule_for, ensure_data
+
+    global _LAUNCHED_RANKS
+    rank0 = trainer.global_rank == 0
+    ckpt_dir = checkpoint_dir(run_dir)
+    last = ckpt_dir / "last.ckpt"
     # the data first: a run that cannot get its data (credentials, a bad file) leaves no run directory behind
     with _exclusive(ws.root / "locks" / "ensure_data.lock"):
         ensure_data(cfg, ws)
@@ -222,6 +265,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     if not rank0:  # DDP workers stop here: rank 0 records the run and runs the probe
         return PretrainResult(cfg.run_id, run_dir, "worker")
     best = ckpt_dir / "best.ckpt"
+    kept = final_checkpoint(run_dir, cfg)
     if kept == best and not best.exists():  # no per-epoch probe: the last epoch is the best we know
         weights_only_copy(last, best)
     store.set_status(cfg.run_id, "finished")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import Config
-from ..errors import UsageError
+from ..config import Config, ConfigError
+from ..errors import UsageError, first_line
+from ..run_lock import run_lock
 from ..store import ResultsStore
 from ..workspace import Workspace, atomic_write_text
 
@@ -24,17 +25,34 @@ def load_checkpoint(path: Path) -> tuple[dict, Config]:
         raise UsageError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, corrupt, or not a checkpoint at all
-        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # truncated, empty, corrupt, or not a checkpoint at all
+        raise UsageError(f"cannot read checkpoint {path}: {type(e).__name__}: {first_line(e)}") from None
     if not isinstance(ckpt, dict) or "infmask_config" not in ckpt or "state_dict" not in ckpt:
         raise UsageError(f"{path} is not an infmask checkpoint (no embedded config or state_dict)")
-    return ckpt, Config.from_dict(ckpt["infmask_config"])
+    try:
+        return ckpt, Config.from_dict(ckpt["infmask_config"])
+    except ConfigError as e:
+        raise UsageError(f"{path}: its embedded config is not valid here ({e})") from None
+
+
+def load_model(ckpt: dict, cfg: Config, path: Path):
+    """The method of ``cfg`` with the checkpoint's weights; a usage error if they do not fit its config."""
+    from models.methods import build_method
+
+    model = build_method(cfg.to_dict())
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        detail = " ".join(str(e).split())[:300] or type(e).__name__
+        raise UsageError(f"the weights in {path} do not fit the config embedded in it ({detail}); the checkpoint "
+                         "is damaged or was edited") from None
+    return model
 
 
 def resolve_checkpoint(ref: str, ws: Workspace, which: str | None) -> Path:
     """A run id (from the results store), a run directory, or a checkpoint file."""
     p = Path(ref)
-    if p.suffix == ".ckpt":
+    if p.suffix == ".ckpt" or p.is_file():
         return p
     if not p.is_dir():
         row = ResultsStore(ws.db_path).get_run(ref)
@@ -56,24 +74,29 @@ def resolve_checkpoint(ref: str, ws: Workspace, which: str | None) -> Path:
 
 
 def probe(ckpt_path: Path, ws: Workspace, *, force: bool = False, keep_wandb_run=None) -> dict:
-    import torch
+    """Probe the checkpoint; results go to the store and to probe.json in the run's folder of this workspace
+    (ws.run_dir of the checkpoint's config), wherever the checkpoint itself lies."""
+    ckpt, cfg = load_checkpoint(ckpt_path)
+    store = ResultsStore(ws.db_path)
+    with run_lock(ws, cfg.run_id, "probe"):
+        if store.has_metrics(cfg.run_id, "probe", "test") and not force:
+            print(f"{cfg.run_id}: already probed; skipping (use --force to probe again)")
+            return {}
+        model = load_model(ckpt, cfg, ckpt_path)  # before anything is recorded
+        return _probe(ckpt_path, cfg, model, ws, store, keep_wandb_run=keep_wandb_run)
 
-    from models.methods import build_method
+
+def _probe(ckpt_path: Path, cfg: Config, model, ws: Workspace, store: ResultsStore, *, keep_wandb_run) -> dict:
+    import torch
 
     from .. import probing
     from ..callbacks import probe_split
     from ..tracking import start_run, wandb_id
     from .data_stages import datamodule_for, ensure_data
 
-    ckpt, cfg = load_checkpoint(ckpt_path)
-    store = ResultsStore(ws.db_path)
+    run_dir = ws.run_dir(cfg)
     if store.get_run(cfg.run_id) is None:
-        store.upsert_run(cfg, status="finished", run_dir=str(Path(ckpt_path).parent.parent))
-    if store.has_metrics(cfg.run_id, "probe", "test") and not force:
-        print(f"{cfg.run_id}: already probed; skipping (use --force to probe again)")
-        return {}
-    model = build_method(cfg.to_dict())
-    model.load_state_dict(ckpt["state_dict"])
+        store.upsert_run(cfg, status="finished", run_dir=str(run_dir))
     want_cuda = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
     device = torch.device("cuda" if want_cuda else "cpu")
     model.to(device)
@@ -111,7 +134,7 @@ def probe(ckpt_path: Path, ws: Workspace, *, force: bool = False, keep_wandb_run
         flat |= {f"probe/val/{task}/{k}": v for k, v in per_val[task].items()}
         flat |= {f"probe/test/{task}/{k}": v for k, v in per_test[task].items()}
         flat[f"probe/{task}/C"] = costs[task]
-    atomic_write_text(Path(ckpt_path).parent.parent / "probe.json",
+    atomic_write_text(run_dir / "probe.json",
                       json.dumps({"checkpoint": str(ckpt_path), "protocol": p.protocol, "metrics": flat}, indent=1))
     run = keep_wandb_run
     try:

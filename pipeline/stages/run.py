@@ -7,6 +7,7 @@ import time
 
 from ..config import benchmark_spec, build_config
 from ..errors import UsageError
+from ..store import ResultsStore
 from ..workspace import Workspace
 
 
@@ -22,13 +23,14 @@ def run_cli(args) -> int:
     except ValueError:
         raise UsageError(f"--seeds must be comma-separated integers, got '{args.seeds}'") from None
     variants = spec.get("run_variants") or [{}]
-    # validate everything before any work starts
+    # validate everything before any work starts (and before any file is written)
     # seed-major order: an interrupted run leaves complete tables with fewer seeds, not missing columns
     configs = [build_config(args.benchmark, m, args.preset, seed=s, overrides={**v, **_ov(args.overrides)})
                for s in seeds for v in variants for m in methods]
     if getattr(args, "print_config", False):
         return _print_configs(args, methods, variants, seeds)
     ws = Workspace.open()
+    ResultsStore(ws.db_path)  # a damaged store stops the run here, not after the data is prepared
     shape = [f"{len(methods)} method{'s' * (len(methods) != 1)}"]
     shape += [f"{len(variants)} data variants"] if len(variants) > 1 else []
     shape += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]

@@ -1,18 +1,19 @@
 """Lightning callbacks and plugins of the pretrain stage: atomic checkpoints, preemption, the per-epoch
-validation probe, and plain progress lines for non-terminals."""
+validation probe, telemetry and metrics.jsonl (console progress: pipeline/progress.py)."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .progress import probe_due
 
 log = logging.getLogger("infmask.pretrain")
 
@@ -88,50 +89,6 @@ class PreemptionCheckpoint(pl.Callback):
             raise PreemptionRequested(self.signum or signal.SIGTERM)
 
 
-def probe_due(epoch: int, every_n_epochs: int, max_epochs: int) -> bool:
-    """Whether the validation probe runs at the end of (1-based) `epoch`: every n epochs and at the last one."""
-    return every_n_epochs > 0 and (epoch % every_n_epochs == 0 or epoch == max_epochs)
-
-
-class PlainProgress(pl.Callback):
-    """Periodic log lines instead of a progress bar when stderr is not a terminal (CI, sweep agents): the first
-    batch of every epoch, then one line every `every_s` seconds, and a summary at each epoch end."""
-
-    def __init__(self, every_s: float = 30.0, probe_every_n_epochs: int = 0):
-        self.every_s = every_s
-        self.probe_every_n_epochs = probe_every_n_epochs  # probe keys printed only on epochs that probed
-        self._last = 0.0
-        self._t0 = time.time()
-
-    def on_train_start(self, trainer, pl_module):
-        self._t0 = time.time()  # a run resumed mid-epoch gets no on_train_epoch_start for that epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._t0 = time.time()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        now = time.time()
-        if (batch_idx == 0 or now - self._last >= self.every_s) and trainer.global_rank == 0:
-            self._last = now
-            loss = trainer.callback_metrics.get("train/loss")
-            n = trainer.num_training_batches
-            print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} batch {batch_idx + 1}/{n}"
-                  + (f" loss {float(loss):.4f}" if loss is not None else ""), file=sys.stderr, flush=True)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if trainer.global_rank != 0:
-            return
-        m = trainer.callback_metrics
-        keys = ["train/loss_epoch", "train/loss", "val/loss"]
-        # callback_metrics keeps a probe value until the next probe: printing it on other epochs would pass it off
-        # as this epoch's
-        if probe_due(trainer.current_epoch + 1, self.probe_every_n_epochs, trainer.max_epochs):
-            keys += ["probe/val/acc1", "probe/val/mse", "probe/val/f1_mean"]
-        parts = [f"{k}={float(v):.4f}" for k, v in sorted(m.items()) if k in keys]
-        print(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} done in {time.time() - self._t0:.1f} s "
-              + " ".join(parts), file=sys.stderr, flush=True)
-
-
 def probe_split(datamodule, split: str, protocol: str) -> str:
     """Under the labelled 'reference' protocol, the validation probe scores what the reference called val:
     for Trifeatures (and Vision&Touch) that is the test split. Never the default."""
@@ -189,9 +146,9 @@ class ValProbeCallback(pl.Callback):
         if value is None:
             return
         better = self.best is None or (value > self.best if self.cfg.probe.mode == "max" else value < self.best)
-        if better:
+        if better:  # weights only: best.ckpt is probed, never resumed from (last.ckpt holds the resume state)
             self.best = value
-            trainer.save_checkpoint(self.best_path, weights_only=False)
+            trainer.save_checkpoint(self.best_path, weights_only=True)
 
 
 # -------------------------------------------------------------------------------------------- telemetry

@@ -13,11 +13,13 @@ import sys
 from .errors import EXIT_USAGE, InfmaskError, UsageError
 
 STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
-          "agent-script", "notebooks")
+          "agent-script", "notebooks", "config")
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
-`run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config); `sweep` runs a
-sweep file here with W&B's own sweep engine; `bench` times the training step.
+`run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config; `infmask
+--benchmark=B ...` without a stage is a trial too, as W&B's default sweep command starts it); `sweep` runs a
+sweep file here with W&B's own sweep engine; `bench` times the training step; `config` prints the resolved config
+with each key's source (also `--print-config` on pretrain, run and trial).
 Config overrides: key=value or --key=value (e.g. model.mask_ratio=0.5 --model.temperature=0.2).
 Workspace: --root, or $INFMASK_ROOT, default ./workspace. W&B: offline unless WANDB_MODE says otherwise."""
 
@@ -25,6 +27,24 @@ Workspace: --root, or $INFMASK_ROOT, default ./workspace. W&B: offline unless WA
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2, like every other bad input
         self.exit(EXIT_USAGE, f"infmask: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """--version: the package version and, in a git checkout, `git describe` (the code_version runs record)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .tracking import code_version
+
+        print(f"infmask {code_version()}")
+        parser.exit(0)
+
+
+def _add_print_config(p):
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (YAML, each key's source) and exit without training")
 
 
 def _add_root(p):
@@ -41,7 +61,7 @@ def _add_run_args(p, benchmark=True):
     _add_overrides(p)
 
 
-OVERRIDE_STAGES = ("preprocess", "pretrain", "run", "bench")
+OVERRIDE_STAGES = ("preprocess", "pretrain", "run", "bench", "config")
 
 
 def _add_overrides(p, what="config overrides"):
@@ -53,6 +73,7 @@ def _add_overrides(p, what="config overrides"):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infmask", description="InfMasking reproduction pipeline.", epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_Version, help="print the version (and git describe) and exit")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", parser_class=_Parser)
     sub.required = True
 
@@ -73,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="self-supervised pretraining of one config and seed (resumable)")
     _add_run_args(p)
+    _add_print_config(p)
     _add_root(p)
 
     p = sub.add_parser("probe", help="linear probes on a pretrained run (its checkpoint carries its config)")
@@ -81,10 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     _add_root(p)
 
-    p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)")
+    p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)",
+                       description="Tables are built from the runs made outside sweeps unless --sweep says "
+                                   "otherwise; --preset, --tag and --group narrow the runs (comma-separated or "
+                                   "repeated). The footnote of each table says which runs it read.")
     p.add_argument("--table", default=None, help="trifeatures | multibench | multibench3 | mmimdb | all")
-    p.add_argument("--sweep", default=None, help="report one sweep: best config, test mean ± std, heat map")
+    p.add_argument("--sweep", default=None,
+                   help="report sweep ID (or all): best config, test mean ± std, heat map; with --table, the "
+                        "table is built from that sweep's trials")
     p.add_argument("--benchmark", default=None, help="with --sweep: all sweeps of this benchmark")
+    p.add_argument("--preset", action="append", default=None, help="tables: only runs of this preset")
+    p.add_argument("--tag", action="append", default=None, help="tables: only runs with this tag (tracking.tags)")
+    p.add_argument("--group", action="append", default=None,
+                   help="tables: only this group (benchmark/method/hash as in W&B, or a config hash prefix)")
     p.add_argument("--no-wandb", action="store_true", help="do not log the table to W&B")
     _add_root(p)
 
@@ -95,11 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
     p.add_argument("--force", action="store_true")
     _add_overrides(p)
+    _add_print_config(p)
     _add_root(p)
 
     p = sub.add_parser("trial", help="pretrain + probe one config: the program a W&B sweep agent runs")
     p.add_argument("argv", nargs=argparse.REMAINDER,
                    help="--benchmark=B --method=M --preset=P --seed=S and any config keys, as a W&B agent passes them")
+    _add_print_config(p)
+    _add_root(p)
+
+    p = sub.add_parser("config", help="print the resolved config of a benchmark as YAML, with each key's source")
+    p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
+    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
+    _add_overrides(p)
 
     p = sub.add_parser("sweep", help="run a W&B sweep file here with the embedded runner")
     p.add_argument("file")
@@ -137,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _trial_options(args, argv: list[str]) -> list[str]:
+    """`trial` passes everything else to the config (an agent's `${args}` or `${args_no_hyphens}`, which may come
+    first and swallow what follows): take its own options, --root and --print-config, out wherever they are."""
+    rest = []
+    it = iter(argv)
+    for a in it:
+        if a == "--print-config":
+            args.print_config = True
+        elif a == "--root":
+            args.root = next(it, None)
+            if not args.root:
+                raise argparse.ArgumentError(None, "--root needs a directory")
+        elif a.startswith("--root="):
+            args.root = a.split("=", 1)[1]
+        elif a != "--":
+            rest.append(a)
+    return rest
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         # A program gets its own W&B service, as `wandb agent` gives its children: an inherited WANDB_SERVICE
@@ -150,16 +210,23 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv[1:] = [redact_text(a) for a in argv]
     argv = list(argv)
+    if argv and argv[0] not in STAGES and "=" in argv[0]:
+        # No stage, and the first argument is a config key (`--benchmark=mosi` or `benchmark=mosi`): an agent's
+        # argv under W&B's default command, `${env} ${interpreter} ${program} ${args}`. That is a trial.
+        argv = ["trial", *argv]
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.stage == "trial":  # an agent's argv, all of it: --benchmark=... --model.x=...
-            args.argv, extra = list(args.argv or []) + extra, []
+        if args.stage == "trial":  # an agent's argv, all of it: --benchmark=... --model.x=...
+            args.argv, extra = _trial_options(args, list(args.argv or []) + extra), []
         if extra:
             bad = [a for a in extra if "=" not in a or not a.lstrip("-").split("=")[0]]
             if args.stage not in OVERRIDE_STAGES or bad:
                 parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
             args.overrides = list(args.overrides or []) + extra
+    except argparse.ArgumentError as e:
+        print(f"infmask: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except SystemExit as e:  # argparse's own errors and --help
         return int(e.code or 0)
     if getattr(args, "root", None):

@@ -24,6 +24,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from .config_labels import distinguishing_labels, short_label
+from .run_selection import RunFilter
+from .sweep_pools import SweepPool, fixed_text, sweep_pools  # noqa: F401  (notebooks use them through this module)
 from .store import ResultsStore
 from .workspace import atomic_path, resolve_root
 
@@ -140,18 +143,24 @@ def _run_facts(config_json: str) -> dict:
     return {"biased": bool(data.get("biased", False)), "feature_cache": bool(data.get("feature_cache", False)),
             "mask_ratio": model.get("mask_ratio"), "temperature": model.get("temperature"),
             "monitor": probe.get("monitor"), "monitor_mode": probe.get("mode"),
-            "n_modalities": len(model.get("modalities") or [])}
+            "n_modalities": len(model.get("modalities") or []),
+            "tags": tuple((cfg.get("tracking") or {}).get("tags") or ())}
 
 
-def _with_facts(frame: pd.DataFrame) -> pd.DataFrame:
+_FACTS = ("biased", "feature_cache", "mask_ratio", "temperature", "monitor", "monitor_mode", "n_modalities", "tags")
+
+
+def _with_facts(frame: pd.DataFrame, keep_config: bool = False) -> pd.DataFrame:
+    """The run's grouping facts as columns; `keep_config` keeps its resolved config (config_json) for labels."""
+    drop = [] if keep_config else ["config_json"]
     if frame.empty:
-        for col in ("biased", "feature_cache", "mask_ratio", "temperature", "monitor", "monitor_mode", "n_modalities"):
+        for col in _FACTS:
             frame[col] = pd.Series(dtype=object)
-        return frame.drop(columns=["config_json"], errors="ignore")
+        return frame.drop(columns=drop, errors="ignore")
     facts = {rid: _run_facts(cj) for rid, cj in frame.groupby("run_id")["config_json"].first().items()}
     facts_df = pd.DataFrame.from_dict(facts, orient="index")
     facts_df.index.name = "run_id"
-    return frame.drop(columns=["config_json"]).merge(facts_df, left_on="run_id", right_index=True, how="left")
+    return frame.drop(columns=drop).merge(facts_df, left_on="run_id", right_index=True, how="left")
 
 
 def load_results(source=None) -> pd.DataFrame:
@@ -170,12 +179,13 @@ _RESULT_COLUMNS = ["run_id", "benchmark", "method", "preset", "seed", "config_ha
 
 
 def load_curves(source=None, benchmark: str | None = None) -> pd.DataFrame:
-    """Per-epoch pretraining rows (training loss, perf/*, lr, per-epoch val probe), step = epoch."""
+    """Per-epoch pretraining rows (training loss, perf/*, lr, per-epoch val probe), step = epoch; with each run's
+    resolved config (config_json), from which legends are labelled."""
     store = open_store(source)
     if store is None:
-        return _with_facts(pd.DataFrame(columns=_RESULT_COLUMNS))
+        return _with_facts(pd.DataFrame(columns=_RESULT_COLUMNS), keep_config=True)
     frame = store.results_frame(benchmark=benchmark, stage="pretrain", final_only=False)
-    return _with_facts(frame[frame["step"] >= 0].copy())
+    return _with_facts(frame[frame["step"] >= 0].copy(), keep_config=True)
 
 
 def load_paper(path: Path = PAPER_CSV) -> pd.DataFrame:
@@ -242,7 +252,9 @@ def select_config(rows: pd.DataFrame, monitor: str | None = None, goal: str | No
     """Best config_hash among `rows` by the VALIDATION split only: the mean over its seeds of the final probe
     `monitor` metric (task 'all' = the mean over tasks, the key the runs monitored). `require(config_hash)`
     drops configs that cannot fill the cell (e.g. no test value yet); it never looks at test values.
-    Ties go to more seeds, then to the config hash (deterministic)."""
+    Only configs with the full seed set compete (the most seeds any candidate has): a config with fewer seeds, e.g.
+    a one-seed exploratory trial, never beats one with the full set, whatever its validation value. Ties go to more
+    seeds, then to the config hash (deterministic)."""
     if monitor is None or goal is None:
         m, g = monitored_metric(rows)
         monitor, goal = monitor or m, goal or g
@@ -261,10 +273,11 @@ def select_config(rows: pd.DataFrame, monitor: str | None = None, goal: str | No
     if table.empty:
         return Selection(None, monitor, goal, None, table)
     sign = -1.0 if goal == "min" else 1.0
+    full = max(c["n_val"] for c in cands)
 
     def rank(c: dict):
         has = c["val_mean"] is not None and not pd.isna(c["val_mean"])
-        return (has, sign * c["val_mean"] if has else -math.inf, c["n_val"], c["config_hash"])
+        return (has, c["n_val"] >= full, sign * c["val_mean"] if has else -math.inf, c["n_val"], c["config_hash"])
 
     best = max(cands, key=rank)
     val = None if best["val_mean"] is None or pd.isna(best["val_mean"]) else float(best["val_mean"])
@@ -284,6 +297,7 @@ class Column:
     biased: bool | None = None  # Trifeatures: which runs feed the column
     decimals: int = 1
     average_of: tuple[str, ...] = ()   # derived column: plain mean of these columns' means
+    chance: float | None = None        # the score of a guess (balanced accuracy: 100 / classes), drawn in figures
 
     @property
     def scale(self) -> float:
@@ -341,11 +355,12 @@ TABLES: dict[str, TableSpec] = {
         name="trifeatures", paper_table="trifeatures",
         title="Trifeatures: linear-probe balanced accuracy (%)",
         columns=(
-            Column("redundancy", "Redundancy (shape)", "share", "acc1", "trifeatures_redundancy_shape", _ACC, False),
+            Column("redundancy", "Redundancy (shape)", "share", "acc1", "trifeatures_redundancy_shape", _ACC, False,
+                   chance=10.0),
             Column("uniqueness", "Uniqueness (texture)", "unique1", "acc1", "trifeatures_uniqueness_texture", _ACC,
-                   False),
+                   False, chance=10.0),
             Column("synergy", "Synergy (colour+texture)", "synergy", "acc1", "trifeatures_synergy_color_texture", _ACC,
-                   True),
+                   True, chance=50.0),
         ),
         variants=(Variant("", (("redundancy", "trifeatures"), ("uniqueness", "trifeatures"),
                                ("synergy", "trifeatures"))),),
@@ -413,6 +428,7 @@ class Cell:
     selected_on: str | None = None      # e.g. "val acc1 (task all), max"
     val_score: float | None = None      # raw mean validation metric of the chosen config
     n_configs: int = 0                  # configs compared
+    config_label: str = ""              # the chosen config in hyper-parameters (ρ, τ; the sweep it came from)
     paper_mean: float | None = None
     paper_std: float | None = None
     paper_source: str | None = None
@@ -443,11 +459,23 @@ class TableRow:
         label = f"{self.model} {self.suffix}".strip()
         return label + (" [cached features]" if self.cached else "")
 
+    def config(self, columns) -> str:
+        """The configs the row's cells were chosen from: one label, or `column: label` where they differ."""
+        labels = {c.key: self.cells[c.key].config_label for c in columns
+                  if c.key in self.cells and self.cells[c.key].config_label}
+        if len(set(labels.values())) <= 1:
+            return next(iter(labels.values()), "")
+        by_label: dict[str, list[str]] = {}
+        for key, label in labels.items():
+            by_label.setdefault(label, []).append(key)
+        return "; ".join(f"{', '.join(keys)}: {label}" for label, keys in by_label.items())
+
 
 @dataclass
 class TableReport:
     spec: TableSpec
     rows: list[TableRow]
+    runs_note: str = ""                 # which runs the table was built from (run_selection.RunFilter.describe)
 
     @property
     def name(self) -> str:
@@ -476,7 +504,7 @@ class TableReport:
                 out.append({
                     "table": self.name, "row": r.label, "model": r.model, "variant": r.suffix,
                     "method": r.method or "", "source": "ours" if r.ours else "published only",
-                    "preset": r.preset or "", "protocol": r.protocol or "",
+                    "preset": r.preset or "", "protocol": r.protocol or "", "config": cell.config_label,
                     "mode": ("cached features" if r.cached else "online") if r.ours else "",
                     "column": c.key, "label": c.label, "metric": c.metric, "scale": c.scale, "goal": c.goal,
                     "ours_mean": cell.mean, "ours_std": cell.std, "n_seeds": cell.n,
@@ -491,13 +519,14 @@ class TableReport:
 
     # ------------------------------------------------------------------ rendering
     def _grid(self, fmt_bold: Callable[[str], str], pm: str, club: str, dash: str = "") -> tuple[list[str], list[list[str]]]:
-        header = ["Model", "preset", "protocol"]
+        header = ["Model", "preset", "protocol", "config"]
         for c in self.spec.columns:
             header += [f"{c.label} {c.arrow}", "paper", "Δ", "n"]
         best = {c.key: self.best_row(c.key) for c in self.spec.columns}
         body = []
         for i, r in enumerate(self.rows):
-            line = [r.label, r.preset or ("published" if not r.ours else ""), r.protocol or ""]
+            line = [r.label, r.preset or ("published" if not r.ours else ""), r.protocol or "",
+                    r.config(self.spec.columns) if r.ours else ""]
             for c in self.spec.columns:
                 cell = r.cells[c.key]
                 ours = _fmt_ms(cell.mean, cell.std, c.decimals, pm) if r.ours else dash
@@ -514,9 +543,12 @@ class TableReport:
 
     def footnote(self) -> str:
         sel = sorted({c.selected_on for r in self.rows for c in r.cells.values() if c.selected_on})
-        return (f"ours: {STD_NOTE} of the test metric (accuracy/F1 ×100, MSE ×10⁴); where several configs exist "
-                f"for a cell, the one with the best validation metric is reported ({'; '.join(sel) or 'n/a'}); "
-                f"never selected on test. Each column: ours, then paper, Δ = ours − paper, n = seeds in the cell. Paper: mean ± std as "
+        runs = f"Runs: {self.runs_note}. " if self.runs_note else ""
+        return (f"ours: {STD_NOTE} of the test metric (accuracy/F1 ×100, MSE ×10⁴). {runs}Where several configs "
+                f"exist for a cell, only those with the full seed set (the most seeds) compete and the one with the "
+                f"best validation metric is reported ({'; '.join(sel) or 'n/a'}; ties: more seeds); never selected "
+                f"on test; `config` names it (ρ mask ratio, τ temperature, the sweep it came from; its hash is in "
+                f"the .csv). Each column: ours, then paper, Δ = ours − paper, n = seeds in the cell. Paper: mean ± std as "
                 f"published; ♣ = taken from the CoMM paper. Best of ours per column in bold. {self.spec.note}"
                 + (" Rows with protocol 'reference' use the reference's splits, whose validation split is the test "
                    "split for Trifeatures and Vision&Touch: their selection is not clean."
@@ -525,7 +557,7 @@ class TableReport:
     def to_markdown(self) -> str:
         header, body = self._grid(lambda s: f"**{s}**", " ± ", " ♣")
         lines = [f"### {self.spec.title}", "", "| " + " | ".join(header) + " |",
-                 "|" + "|".join(["---"] + [":---:"] * 2 + ["---:"] * (len(header) - 3)) + "|"]
+                 "|" + "|".join(["---"] + [":---:"] * 2 + ["---"] + ["---:"] * (len(header) - 4)) + "|"]
         lines += ["| " + " | ".join(x.replace("|", "\\|") for x in row) + " |" for row in body]
         return "\n".join(lines + ["", self.footnote(), ""])
 
@@ -534,14 +566,14 @@ class TableReport:
         ncol = len(header)
         arrows = {"min": "$\\downarrow$", "max": "$\\uparrow$"}
         lines = [f"% {self.spec.title}", f"% {_latex_escape(self.footnote())}",
-                 "\\begin{tabular}{l" + "l" * 2 + "r" * (ncol - 3) + "}", "\\toprule",
-                 " & ".join(["Model", "preset", "protocol"] + [
+                 "\\begin{tabular}{l" + "l" * 3 + "r" * (ncol - 4) + "}", "\\toprule",
+                 " & ".join(["Model", "preset", "protocol", "config"] + [
                      "\\multicolumn{4}{c}{" + _latex_escape(c.label) + " " + arrows[c.goal] + "}"
                      for c in self.spec.columns]) + " \\\\",
-                 " & ".join(["", "", ""] + ["ours", "paper", "$\\Delta$", "$n$"] * len(self.spec.columns)) + " \\\\",
+                 " & ".join(["", "", "", ""] + ["ours", "paper", "$\\Delta$", "$n$"] * len(self.spec.columns)) + " \\\\",
                  "\\midrule"]
-        for row in body:
-            lines.append(" & ".join(_latex_escape(x, keep_math=True) for x in row) + " \\\\")
+        for row in body:   # the config column is plain text (ρ, τ); the others already carry LaTeX
+            lines.append(" & ".join(_latex_escape(x, keep_math=i != 3) for i, x in enumerate(row)) + " \\\\")
         lines += ["\\bottomrule", "\\end{tabular}", ""]
         return "\n".join(lines)
 
@@ -559,7 +591,8 @@ def _fmt_ms(mean, std, decimals: int, pm: str) -> str:
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\~{}",
                   "^": r"\^{}", "±": r"$\pm$", "Δ": r"$\Delta$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
-                  "−": "-", "♣": r"$^\clubsuit$", "⁻": "-", "⁴": "4", "×": r"$\times$"}
+                  "−": "-", "♣": r"$^\clubsuit$", "⁻": "-", "⁴": "4", "×": r"$\times$", "ρ": r"$\rho$",
+                  "τ": r"$\tau$", "…": r"\ldots{}"}
 
 
 def _latex_escape(text: str, keep_math: bool = False) -> str:
@@ -609,6 +642,12 @@ def _fill_cell(rows: pd.DataFrame, col: Column) -> Cell:
     if sel.config_hash is None:
         return Cell()
     chosen = rows[rows["config_hash"] == sel.config_hash]
+    first = chosen.iloc[0]
+    label = short_label({"method": first["method"], "model": {"mask_ratio": first["mask_ratio"],
+                                                              "temperature": first["temperature"]}},
+                        method=False, biased=False)
+    sweeps = sorted({str(x) for x in chosen["sweep_id"].dropna() if str(x)})
+    label += f", sweep {', '.join(sweeps)}" if sweeps else ""
     test = per_run_values(chosen, "test", col.metric, col.task)
     seed_of = chosen.groupby("run_id")["seed"].first()
     order = sorted(test.index, key=lambda rid: seed_of.get(rid, 0))
@@ -617,15 +656,21 @@ def _fill_cell(rows: pd.DataFrame, col: Column) -> Cell:
     return Cell(mean=st.mean, std=st.std, n=st.n, seeds=tuple(int(seed_of[r]) for r in order),
                 values=tuple(values), config_hash=sel.config_hash,
                 selected_on=f"val {sel.monitor} (mean over tasks), {sel.goal}", val_score=sel.val_score,
-                n_configs=len(sel.candidates))
+                n_configs=len(sel.candidates), config_label=label)
 
 
-def build_table(results: pd.DataFrame, name: str, paper: pd.DataFrame | None = None) -> TableReport:
-    """One paper table from `load_results()` rows: published rows in paper order, ours beside or below them."""
+def build_table(results: pd.DataFrame, name: str, paper: pd.DataFrame | None = None,
+                runs: RunFilter | None = None) -> TableReport:
+    """One paper table from `load_results()` rows: published rows in paper order, ours beside or below them.
+    `runs` says which runs it is built from (default: the runs outside sweeps; see pipeline/run_selection.py)."""
     if name not in TABLES:
         raise ValueError(f"name: unknown table {name!r}; valid: {', '.join(TABLES)}")
     spec = TABLES[name]
     paper = load_paper() if paper is None else paper
+    runs = RunFilter() if runs is None else runs
+    mine = results[results["benchmark"].isin(spec.benchmarks)] if not results.empty else results
+    runs_note = "; ".join(x for x in (runs.describe(), runs.left_out(mine)) if x)
+    results = runs.apply(results)
     order, published = _paper_cells(spec, paper)
 
     ours: dict[tuple, TableRow] = {}
@@ -670,12 +715,13 @@ def build_table(results: pd.DataFrame, name: str, paper: pd.DataFrame | None = N
                 if all(m is not None for m in means):
                     r.cells[col.key].mean = float(np.mean(means))
                     r.cells[col.key].selected_on = None
-    return TableReport(spec, rows)
+    return TableReport(spec, rows, runs_note)
 
 
-def tables_for(results: pd.DataFrame, names: Iterable[str] | None = None) -> list[TableReport]:
-    """The tables (in TABLES order) that hold at least one of our numbers."""
-    reps = [build_table(results, n) for n in (names or TABLES)]
+def tables_for(results: pd.DataFrame, names: Iterable[str] | None = None,
+               runs: RunFilter | None = None) -> list[TableReport]:
+    """The tables (in TABLES order) that hold at least one of our numbers from the selected runs."""
+    reps = [build_table(results, n, runs=runs) for n in (names or TABLES)]
     return [r for r in reps if r.has_ours]
 
 
@@ -697,8 +743,10 @@ def _param(params: dict, suffix: str):
 
 
 def load_sweeps(source=None) -> pd.DataFrame:
+    """One row per sweep, with its config (config_json: fixed parameters and grid axes, see sweep_pools)."""
     store = open_store(source)
-    cols = ["sweep_id", "name", "file", "benchmark", "method", "metric_name", "metric_goal", "status", "n_trials"]
+    cols = ["sweep_id", "name", "file", "benchmark", "method", "metric_name", "metric_goal", "status", "n_trials",
+            "config_json"]
     if store is None:
         return pd.DataFrame(columns=cols)
     rows = store.query("SELECT s.*, (SELECT COUNT(*) FROM sweep_trials t WHERE t.sweep_id = s.sweep_id) AS n_trials "
@@ -905,23 +953,49 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def plot_sweep_heatmap(grid: pd.DataFrame, goal: str, metric: str, title: str, path: Path) -> Path:
-    """Validation mean over seeds on a mask_ratio × temperature grid (best over any other params), best cell boxed."""
+def _pending_cells(trials: pd.DataFrame | None, axes: dict | None, g: pd.DataFrame) -> dict:
+    """{(mask_ratio, temperature): why it has no value}: `running`, `failed`, `preempted` for trials without a
+    validation value, `not run` for grid points no trial has reached yet."""
+    out = {}
+    for mr in (axes or {}).get("mask_ratio", []):
+        for t in (axes or {}).get("temperature", []):
+            out[(mr, t)] = "not run"
+    if trials is not None and not trials.empty:
+        order = ("running", "preempted", "failed")
+        for (mr, t), grp in trials.dropna(subset=["mask_ratio", "temperature"]).groupby(["mask_ratio", "temperature"]):
+            statuses = set(grp.loc[grp["val"].isna(), "status"])
+            why = next((s for s in order if s in statuses), None)
+            out[(mr, t)] = why or out.get((mr, t), "not run")
+    for r in g.itertuples():
+        out.pop((r.mask_ratio, r.temperature), None)
+    return out
+
+
+def plot_sweep_heatmap(grid: pd.DataFrame, goal: str, metric: str, title: str, path: Path,
+                       trials: pd.DataFrame | None = None, axes: dict | None = None) -> Path:
+    """Validation mean over seeds on a mask_ratio × temperature grid (best over any other params, which the title
+    then says), best cell boxed. With the sweep's `trials` and grid `axes`, cells without a value are drawn hatched
+    and say why: not run, running, failed or preempted."""
     scale = metric_scale(metric)
     g = grid.dropna(subset=["mask_ratio", "temperature", "val_mean"])
+    if not g.empty and g["other"].nunique() > 1:
+        title = f"{title}; each cell the best over: {', '.join(sorted(set(g['other']) - {'{}'}))}"
     if not g.empty:  # one value per (mr, T): the best over other params
         sign = -1 if goal == "min" else 1
         g = g.assign(_k=sign * g["val_mean"]).sort_values("_k", ascending=False).drop_duplicates(
             ["mask_ratio", "temperature"])
-    mrs = sorted(g["mask_ratio"].unique()) if not g.empty else []
-    temps = sorted(g["temperature"].unique()) if not g.empty else []
+    pending = _pending_cells(trials, axes, g)
+    mrs = sorted(set(g["mask_ratio"]) | {k[0] for k in pending}) if not g.empty or pending else []
+    temps = sorted(set(g["temperature"]) | {k[1] for k in pending}) if not g.empty or pending else []
     fig = _figure(1.6 + 1.25 * max(len(temps), 2), 1.4 + 0.8 * max(len(mrs), 2))
     ax = fig.add_subplot()
-    if g.empty:
+    if g.empty and not pending:
         ax.text(0.5, 0.5, "no finished trials on a\nmask ratio × temperature grid", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_title(_wrap(title, fig.get_figwidth(), 9), fontsize=9)
         return save_figure(fig, path)
+    from matplotlib.patches import Rectangle
+
     z = np.full((len(mrs), len(temps)), np.nan)
     lab = [["" for _ in temps] for _ in mrs]
     for r in g.itertuples():
@@ -931,16 +1005,23 @@ def plot_sweep_heatmap(grid: pd.DataFrame, goal: str, metric: str, title: str, p
         lab[i][j] = f"{r.val_mean * scale:.1f}{sd}\nn={r.n}"
     cmap = "viridis_r" if goal == "min" else "viridis"
     im = ax.imshow(z, cmap=cmap, aspect="auto", origin="lower")
-    lo, hi = np.nanmin(z), np.nanmax(z)
+    lo, hi = (np.nanmin(z), np.nanmax(z)) if not g.empty else (0.0, 0.0)
     for i in range(len(mrs)):
         for j in range(len(temps)):
             if lab[i][j]:
                 frac = 0.5 if hi == lo else (z[i, j] - lo) / (hi - lo)
                 dark = frac > 0.6 if goal == "min" else frac < 0.6
                 ax.text(j, i, lab[i][j], ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    bi, bj = np.unravel_index(np.nanargmin(z) if goal == "min" else np.nanargmax(z), z.shape)
-    from matplotlib.patches import Rectangle
-    ax.add_patch(Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    for (mr, t), why in pending.items():
+        i, j = mrs.index(mr), temps.index(t)
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.93", edgecolor="0.6", hatch="//",
+                               linewidth=0.5))
+        ax.text(j, i, why, ha="center", va="center", fontsize=8, color="0.25", style="italic")
+    if not g.empty:
+        bi, bj = np.unravel_index(np.nanargmin(z) if goal == "min" else np.nanargmax(z), z.shape)
+        ax.add_patch(Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    ax.set_xlim(-0.5, len(temps) - 0.5)
+    ax.set_ylim(-0.5, len(mrs) - 0.5)
     ax.set_xticks(range(len(temps)), [f"{t:g}" for t in temps])
     ax.set_yticks(range(len(mrs)), [f"{m:g}" for m in mrs])
     ax.set_xlabel("temperature")
@@ -980,7 +1061,8 @@ def plot_sensitivity(grid: pd.DataFrame, goal: str, metric: str, title: str, pat
 
 
 def plot_seed_strips(report: TableReport, path: Path) -> Path:
-    """Per cell: our per-seed test values (dots), their mean (bar) and the published mean (red diamond)."""
+    """Per cell: our per-seed test values (dots), their mean (bar), the published mean ± std (red diamond and
+    bar) and, where a column has one, the chance level (dashed; 50 % balanced accuracy for synergy)."""
     cols = report.spec.columns
     rows = [r for r in report.rows if r.ours or any(r.cells[c.key].paper_mean is not None for c in cols)]
     fig = _figure(3.2 * len(cols) + 1, 0.9 + 0.42 * max(len(rows), 3))
@@ -995,8 +1077,12 @@ def plot_seed_strips(report: TableReport, path: Path) -> Path:
             if r.ours and cell.mean is not None:
                 ax.plot([cell.mean, cell.mean], [i - 0.3, i + 0.3], color="C0", linewidth=2)
             if cell.paper_mean is not None:
-                ax.scatter([cell.paper_mean], [i], marker="D", s=28, color="C3", zorder=4,
-                           label="paper" if i == 0 else None)
+                ax.errorbar([cell.paper_mean], [i], xerr=[cell.paper_std] if cell.paper_std else None, fmt="D",
+                            markersize=5, color="C3", capsize=3, zorder=4)
+        if c.chance is not None:
+            ax.axvline(c.chance, color="0.45", linestyle="--", linewidth=1, zorder=1)
+            ax.annotate(f"chance {c.chance:g}", (c.chance, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -2), textcoords="offset points", fontsize=7, color="0.35", va="top")
         ax.set_title(f"{c.label} {c.arrow}", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(rows)), [r.label + (f" [{r.preset}]" if r.ours else "") for r in rows], fontsize=8)
@@ -1004,7 +1090,9 @@ def plot_seed_strips(report: TableReport, path: Path) -> Path:
     from matplotlib.lines import Line2D
     handles = [Line2D([], [], marker="o", ls="", color="C0", label="ours, per seed"),
                Line2D([], [], color="C0", lw=2, label="ours, mean"),
-               Line2D([], [], marker="D", ls="", color="C3", label="paper")]
+               Line2D([], [], marker="D", ls="-", color="C3", label="paper, mean ± std")]
+    if any(c.chance is not None for c in cols):
+        handles.append(Line2D([], [], ls="--", color="0.45", label="chance"))
     axes[-1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(report.spec.title, fontsize=10)
     return save_figure(fig, path)
@@ -1014,52 +1102,87 @@ CURVE_PANELS = (("train", "loss", "training loss"), ("val", None, "per-epoch val
                 ("train", "perf/samples_per_s", "throughput (samples/s)"))
 
 
-def curve_groups(curves: pd.DataFrame) -> pd.DataFrame:
-    """One line per group (benchmark, method, config_hash): seeds, preset, last epoch."""
+def curve_labels(curves: pd.DataFrame) -> dict:
+    """{(method, config_hash): legend label} in hyper-parameters (method, ρ, τ, biased data, and whatever else
+    sets the groups apart), from each group's resolved config."""
     if curves.empty:
-        return pd.DataFrame(columns=["benchmark", "method", "config_hash", "preset", "seeds", "epochs"])
+        return {}
+    configs = {}
+    for key, grp in curves.groupby(["method", "config_hash"]):
+        cfg = grp["config_json"].dropna().iloc[0] if "config_json" in grp and grp["config_json"].notna().any() \
+            else {"method": key[0], "model": {"mask_ratio": grp["mask_ratio"].iloc[0],
+                                              "temperature": grp["temperature"].iloc[0]},
+                  "data": {"biased": bool(grp["biased"].iloc[0])}}
+        configs[key] = cfg
+    show_biased = "biased" in curves and bool(curves["biased"].fillna(False).astype(bool).any())
+    return distinguishing_labels(configs, biased=show_biased)
+
+
+def curve_groups(curves: pd.DataFrame) -> pd.DataFrame:
+    """One line per group (benchmark, method, config_hash): its label, seeds, preset, last epoch."""
+    if curves.empty:
+        return pd.DataFrame(columns=["benchmark", "method", "config_hash", "config", "preset", "seeds", "epochs"])
     g = curves.groupby(["benchmark", "method", "config_hash"])
-    return pd.DataFrame({"preset": g["preset"].first(), "seeds": g["seed"].nunique(),
-                         "epochs": g["step"].max() + 1}).reset_index()
+    out = pd.DataFrame({"preset": g["preset"].first(), "seeds": g["seed"].nunique(),
+                        "epochs": g["step"].max() + 1}).reset_index()
+    labels = curve_labels(curves)
+    out.insert(3, "config", [labels.get((m, h), "") for m, h in zip(out["method"], out["config_hash"])])
+    return out
 
 
-def plot_training_curves(curves: pd.DataFrame, title: str, path: Path, max_groups: int = 8) -> Path:
+def _final_val(grp: pd.DataFrame, monitor: str) -> float:
+    sel = grp[(grp["split"] == "val") & (grp["metric"] == monitor) & (grp["task"] == "all") & grp["value"].notna()]
+    return float(sel.loc[sel["step"] == sel["step"].max(), "value"].mean()) if not sel.empty else -math.inf
+
+
+def plot_training_curves(curves: pd.DataFrame, title: str, path: Path, max_groups: int | None = None) -> Path:
     """Training loss, per-epoch validation probe and throughput against epoch: thin lines per run (seed), thick
-    mean per group (config without seed)."""
-    fig = _figure(13, 3.8)
-    axes = fig.subplots(1, len(CURVE_PANELS))
+    mean per group (config without seed), every group labelled in hyper-parameters; epochs counted from 1, as on
+    the console (the store keeps them from 0). With `max_groups`, the groups
+    with the best last validation value are drawn and the title says how many of how many."""
     monitor = monitored_metric(curves)[0] if not curves.empty else "acc1"
+    groups = list(curves.groupby(["method", "config_hash"])) if not curves.empty else []
+    n_all = len(groups)
+    if max_groups is not None and n_all > max_groups:
+        sign = -1.0 if metric_goal(monitor) == "min" else 1.0
+        groups = sorted(groups, key=lambda kv: -sign * _final_val(kv[1], monitor))[:max_groups]
+        title = f"{title} ({max_groups} of {n_all} groups: the best by last validation {monitor})"
+    labels = curve_labels(curves)
+    fig = _figure(13, 3.8 + 0.16 * max(0, len(groups) - 8))
+    axes = fig.subplots(1, len(CURVE_PANELS))
     from matplotlib.ticker import MaxNLocator
 
-    groups = list(curves.groupby(["method", "config_hash"])) if not curves.empty else []
-    legend_done = False
+    handles = {}
+    styles = ("-", "--", ":", "-.")
     for ax, (split, metric, label) in zip(axes, CURVE_PANELS):
         metric = metric or monitor
         scale = metric_scale(metric) if split == "val" else 1.0
         drew = False
-        for k, ((method, h), grp) in enumerate(groups[:max_groups]):
+        for k, ((method, h), grp) in enumerate(groups):
             sel = grp[(grp["split"] == split) & (grp["metric"] == metric) & (grp["task"] == "all")
                       & grp["value"].notna()]
             if sel.empty:
                 continue
-            color = f"C{k % 10}"
+            color, style = f"C{k % 10}", styles[(k // 10) % len(styles)]
             for _, run in sel.groupby("run_id"):
                 run = run.sort_values("step")
-                ax.plot(run["step"], run["value"] * scale, color=color, alpha=0.3, linewidth=0.8)
+                ax.plot(run["step"] + 1, run["value"] * scale, color=color, alpha=0.3, linewidth=0.8,
+                        linestyle=style)
             mean = sel.groupby("step")["value"].mean() * scale
-            biased = " biased" if "biased" in grp and grp["biased"].any() else ""
-            ax.plot(mean.index, mean.values, color=color, linewidth=2, marker="o", markersize=3,
-                    label=f"{method} {h[:6]}{biased} (n={sel['run_id'].nunique()})")
+            line, = ax.plot(mean.index + 1, mean.values, color=color, linewidth=2, marker="o", markersize=3,
+                            linestyle=style)
+            handles.setdefault((method, h), (line, f"{labels.get((method, h), method)} "
+                                                   f"(n={grp['run_id'].nunique()})"))
             drew = True
         if not drew:
             ax.text(0.5, 0.5, f"no {split} {metric} rows", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 1, as the progress lines count)")
         ax.set_title(f"{label}" + (f": {metric} ×{scale:g}" if split == "val" else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if drew and not legend_done:  # one legend: the groups are the same in every panel
-            ax.legend(fontsize=7)
-            legend_done = True
+    if handles:  # one legend for the figure: the groups are the same in every panel
+        fig.legend([h for h, _ in handles.values()], [t for _, t in handles.values()], fontsize=7,
+                   loc="outside lower center", ncols=min(3, len(handles)))
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 

@@ -762,10 +762,13 @@ def _killpg(pid: int) -> None:
 
 
 def run_sweep(file, root=None, *, sweep_id=None, count=None, workers=1, retry_failed=False, out=None) -> int:
-    """`infmask sweep FILE`: check everything (exit 2 before any trial starts), then run."""
+    """`infmask sweep FILE`: check everything, the trial command included (exit 2 before any trial starts), then
+    run."""
+    from .sweep_command import check_command
     from .workspace import Workspace
 
     spec = load_sweep(file)
+    check_command(spec)
     runner = SweepRunner(spec, Workspace.open(root), sweep_id, workers=workers, count=count,
                          retry_failed=retry_failed, out=out)
     return runner.run()

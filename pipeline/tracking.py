@@ -1,11 +1,16 @@
-"""W&B setup (offline by default, WANDB_MODE respected) and the training telemetry callback.
+"""W&B setup (offline by default, WANDB_MODE respected).
 
 Rules learned the hard way (ENVIRONMENT.md §2, ANCHORS.md B5):
 - never pass `mode=`/`offline=` to wandb or WandbLogger: an explicit flag overrides WANDB_MODE=disabled;
   the CLI sets WANDB_MODE=offline in the environment when the user did not choose;
-- no artifacts in offline runs; the results store and metrics.jsonl are the source of truth;
+- no checkpoints or models as artifacts (log_model=False); the results store and metrics.jsonl are the source of
+  truth. The one artifact a run writes is W&B's own storage of the report run's tables (wandb.Table);
 - the resolved config is logged once (no save_hyperparameters into the logger);
+- summaries (best-so-far max/min) are declared for the keys a run logs, when it first logs them, not up front;
 - secrets never enter a config: configs hold no credentials, and we strip any key that looks like one.
+
+Job types say what a run did: download, preprocess, pretrain, probe, report, and pretrain+probe for `infmask
+trial` (the unit a sweep agent runs).
 """
 from __future__ import annotations
 
@@ -62,13 +67,18 @@ def wandb_id(cfg, stage: str, salt: str = "") -> str:
     return base[:40] + "-" + hashlib.sha1(base.encode()).hexdigest()[:16]
 
 
+JOB_TYPES = {"trial": "pretrain+probe"}   # stage -> W&B job_type, where they differ
+
+
 def init_kwargs(cfg, ws, stage: str, *, resume_id: str | None = None) -> dict:
-    """Arguments for wandb.init / WandbLogger: grouped by the config without its seed, job_type = stage."""
+    """Arguments for wandb.init / WandbLogger: grouped by the config without its seed, named after the run and the
+    stage, job_type = what the stage does. Inside a W&B server sweep the agent's run id is used (WANDB_RUN_ID);
+    elsewhere `resume_id` (for `infmask sweep` trials, the trial id)."""
     in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
     kw = dict(
         project=os.environ.get("WANDB_PROJECT") or cfg.tracking.project,
         entity=os.environ.get("WANDB_ENTITY") or cfg.tracking.entity,
-        group=cfg.group, job_type=stage, name=f"{cfg.run_id}-{stage}",
+        group=cfg.group, job_type=JOB_TYPES.get(stage, stage), name=f"{cfg.run_id}-{stage}",
         tags=[cfg.benchmark, cfg.method, cfg.preset, f"code:{code_version()}", *cfg.tracking.tags],
         config=scrub(cfg.to_dict()), dir=str(ws.wandb_dir),
     )
@@ -77,27 +87,35 @@ def init_kwargs(cfg, ws, stage: str, *, resume_id: str | None = None) -> dict:
     return kw
 
 
-def define_summaries(run, tasks=(), prefixes=("probe/val", "probe/test", "val", "train")) -> None:
-    """`define_metric` summaries: best-so-far max for accuracies, min for errors/losses (W&B globs only match
-    suffixes, so per-task keys are spelled out)."""
+def summary_of(key: str) -> str | None:
+    """The best-so-far summary of a logged key (`max` for accuracies, `min` for errors and losses), from its last
+    path component; None for keys whose last value is the summary (per-step values, perf/, lr, epoch)."""
+    if key.endswith("_step"):
+        return None
+    return SUMMARIES.get(key.rsplit("/", 1)[-1].removesuffix("_epoch"))
+
+
+def declare_summaries(run, keys, declared: set) -> None:
+    """`define_metric(key, summary=...)` for keys about to be logged for the first time: the run declares
+    summaries for what it logs and nothing else (W&B globs only match suffixes, so keys are spelled out)."""
     if run is None or not hasattr(run, "define_metric"):
         return
-    for prefix in prefixes:
-        for metric, how in SUMMARIES.items():
-            run.define_metric(f"{prefix}/{metric}", summary=how)
-            for task in tasks:
-                run.define_metric(f"{prefix}/{task}/{metric}", summary=how)
+    for key in keys:
+        if key in declared:
+            continue
+        declared.add(key)
+        how = summary_of(key)
+        if how:
+            run.define_metric(key, summary=how)
 
 
-def start_run(cfg, ws, stage: str, *, resume_id: str | None = None, tasks=()):
+def start_run(cfg, ws, stage: str, *, resume_id: str | None = None):
     """A plain W&B run for stages without a Trainer (probe). Returns None when disabled."""
     import wandb
 
     if not wandb_enabled():
         return None
-    run = wandb.init(**init_kwargs(cfg, ws, stage, resume_id=resume_id))
-    define_summaries(run, tasks)
-    return run
+    return wandb.init(**init_kwargs(cfg, ws, stage, resume_id=resume_id))
 
 
 def start_stage_run(ws, stage: str, name: str, config: dict, tags=()):
@@ -112,12 +130,12 @@ def start_stage_run(ws, stage: str, name: str, config: dict, tags=()):
 
 
 def make_logger(cfg, ws, stage: str, *, resume_id: str | None = None):
-    from pytorch_lightning.loggers import WandbLogger
+    from .wandb_logger import InfmaskWandbLogger
 
     if not wandb_enabled():
         return False
     kw = init_kwargs(cfg, ws, stage, resume_id=resume_id)
-    return WandbLogger(save_dir=str(ws.wandb_dir), log_model=False, **kw)
+    return InfmaskWandbLogger(save_dir=str(ws.wandb_dir), log_model=False, **kw)
 
 
 def sync_hint(ws) -> str | None:

@@ -54,7 +54,8 @@ def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_pat
     from pipeline.stages.probe import load_checkpoint
     from pipeline.workspace import Workspace
 
-    ckpt, cfg = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists()   # finished: the resume state is gone
+    ckpt, cfg = load_checkpoint(run_dir / "checkpoints" / "best.ckpt")
     assert cfg.run_id == run_id and cfg.trainer.devices == 2
     dm = datamodule_for(cfg, Workspace.open(ws))
     dm.setup("fit")
@@ -62,7 +63,6 @@ def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_pat
     per_rank = math.ceil(n / 2)
     assert ckpt["global_step"] in (per_rank // bs, math.ceil(per_rank / bs)), (ckpt["global_step"], n, bs)
     assert ckpt["global_step"] < math.ceil(n / bs)   # fewer steps than one process over the whole set
-    assert (run_dir / "checkpoints" / "best.ckpt").exists()
 
 
 def test_a_second_script_launched_ddp_fit_in_one_process_is_refused(tmp_path, monkeypatch):

@@ -57,9 +57,14 @@ def test_store_has_every_run_probed(smoke_ws):
     test = df[(df.split == "test") & (df.metric == "acc1")]
     assert set(test.task) == {"share", "unique1", "unique2", "synergy", "all"}
     assert test.groupby("run_id").size().min() == 5 and test.value.between(0, 1).all()
+    import torch
+
     for run_dir in table_runs.run_dir:
         ck = Path(run_dir) / "checkpoints"
-        assert (ck / "last.ckpt").is_file() and (ck / "best.ckpt").is_file()
+        # a finished run keeps one weights-only checkpoint, the one its probe reads; the resume state is gone
+        assert sorted(p.name for p in ck.iterdir()) == ["best.ckpt"]
+        kept = torch.load(ck / "best.ckpt", map_location="cpu", weights_only=True)
+        assert "state_dict" in kept and "infmask_config" in kept and "optimizer_states" not in kept
         cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
         assert cfg["preset"] == "smoke"
         epochs = [json.loads(line)["epoch"] for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -155,7 +160,7 @@ def test_probe_bad_checkpoints_exit_2(smoke_ws, tmp_path, capsys):
     store = ResultsStore(smoke_ws / "results.sqlite")
     run_dir = Path(store.runs_frame().run_dir.dropna().iloc[0])
     truncated = tmp_path / "truncated.ckpt"
-    data = (run_dir / "checkpoints" / "last.ckpt").read_bytes()
+    data = (run_dir / "checkpoints" / "best.ckpt").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     assert main(["probe", str(truncated), "--root", str(smoke_ws)]) == 2
     err = capsys.readouterr().err

@@ -54,5 +54,6 @@ def test_ddp_every_rank_signalled_saves_once_and_resumes(tmp_path, tmp_path_fact
     assert run["status"] == "finished"
     epochs = [json.loads(ln)["epoch"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
-    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert not last.exists()   # finished: only the weights-only checkpoint the probe reads is kept
+    final = torch.load(last.with_name("best.ckpt"), map_location="cpu", weights_only=True)
     assert final["global_step"] > ckpt["global_step"]

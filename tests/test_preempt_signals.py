@@ -55,9 +55,11 @@ def test_signal_mid_epoch_saves_marks_preempted_and_rerun_resumes(tmp_path, tmp_
     assert run["status"] == "finished"
     epochs = [json.loads(ln)["epoch"] for ln in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]
-    final = torch.load(last, map_location="cpu", weights_only=True)
+    # finished: the resume state is deleted, the final weights kept without it (no per-epoch probe: best = last)
+    assert not last.exists()
+    final = torch.load(last.with_name("best.ckpt"), map_location="cpu", weights_only=True)
     # the interrupted epoch ran its remaining batches only (from a fresh shuffle: the loader is not resumable)
-    assert final["global_step"] == 2 * n_batches
+    assert final["global_step"] == 2 * n_batches and "optimizer_states" not in final
     # both processes logged to the same W&B run (resumed offline runs get a directory each, one run id)
     dirs = sorted((ws / "wandb").glob("offline-run-*"))
     assert len(dirs) == 2 and {d.name.split("-", 3)[-1] for d in dirs} == {run["wandb_run_id"]}

@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.callbacks import PlainProgress, probe_due
+from pipeline.progress import PlainProgress, probe_due
 
 
 def test_probe_due_schedule():
@@ -47,3 +47,34 @@ def test_epoch_lines_do_not_repeat_a_stale_probe_value(tmp_path, capsys):
     with_probe = [int(re.match(r"epoch (\d+)", ln).group(1)) for ln in lines if "probe/val/acc1=" in ln]
     assert with_probe == [2, 4, 5]
     assert "probe/val/acc1=0.2600" in lines[1] and "probe/val/acc1=0.2800" in lines[3]
+
+
+def _fit(tmp_path, progress, bar: bool):
+    pl.seed_everything(0, verbose=False)
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
+    trainer = pl.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=bar,
+                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu",
+                         num_sanity_val_steps=0, callbacks=[progress])
+    trainer.fit(_Tiny(2), loader, loader)
+
+
+def _summaries(text: str) -> list[str]:
+    """The epoch summary lines without their timing."""
+    return [re.sub(r" done in [\d.]+ s", " done", ln) for ln in text.replace("\r", "\n").splitlines()
+            if re.match(r"epoch \d+/5 done", ln)]
+
+
+def test_terminal_bar_and_log_lines_tell_the_same(tmp_path, capsys):
+    """On a terminal (the bar) and piped (plain lines): the same epoch numbers, counted from 1, and the same
+    summary with the same probe values; the bar shows no logger version."""
+    from pipeline.progress import EpochBar
+
+    _fit(tmp_path, PlainProgress(probe_every_n_epochs=2), bar=False)
+    plain = capsys.readouterr().err
+    _fit(tmp_path, EpochBar(probe_every_n_epochs=2), bar=True)
+    captured = capsys.readouterr()
+    terminal = captured.err + captured.out
+    assert len(_summaries(plain)) == 5 and _summaries(terminal) == _summaries(plain)
+    assert "probe/val/acc1=0.2600" in _summaries(terminal)[1]
+    assert "epoch 1/5" in terminal and "epoch 5/5" in terminal
+    assert not re.search(r"Epoch \d", terminal) and "v_num" not in terminal

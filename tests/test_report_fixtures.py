@@ -127,6 +127,7 @@ def build_sweep(store: ResultsStore, sweep_id: str = SWEEP_ID) -> None:
                                                               "data.max_size": 64})
             test = {task: {"acc1": val - 0.05} for task in TRI_TASKS} | {"all": {"acc1": val - 0.05}}
             run_id = add_run(store, cfg, test, {"all": {"acc1": val}}, tasks=TRI_TASKS)
+            store.upsert_run(cfg, status="finished", sweep_id=sweep_id)   # as a trial records its run
             store.upsert_trial(sweep_id, idx, f"{sweep_id}-{idx}", params, "finished", run_id=run_id,
                                metric_value=val, returncode=0)
             idx += 1

@@ -87,11 +87,12 @@ def test_trifeatures_table_renders_every_column_with_paper_values(tri_root):
     inf = next(r for r in rep.rows if r.model == "InfMasking")
     line = next(line for line in md.splitlines() if line.startswith("| InfMasking"))
     cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1:3] == ["smoke", "clean"]
+    # the row names its configs: A (rho 0.5) for the unbiased columns, the biased runs' config for synergy
+    assert cells[1:4] == ["smoke", "clean", "redundancy, uniqueness: ρ=0.5 τ=0.1; synergy: ρ=0.7 τ=0.1"]
     red = inf.cells["redundancy"]
     assert red.paper_mean == 99.9 and red.paper_std == 0.09
-    assert cells[3].strip("*") == f"{red.mean:.1f} ± {red.std:.1f}"
-    assert cells[4] == "99.9 ± 0.1" and cells[5] == f"{red.mean - 99.9:+.1f}" and cells[6] == "3"
+    assert cells[4].strip("*") == f"{red.mean:.1f} ± {red.std:.1f}"
+    assert cells[5] == "99.9 ± 0.1" and cells[6] == f"{red.mean - 99.9:+.1f}" and cells[7] == "3"
     frame = rep.to_frame()
     assert set(frame.column) == {"redundancy", "uniqueness", "synergy"}
     ours = frame[frame.source == "ours"]

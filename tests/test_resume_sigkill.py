@@ -45,7 +45,10 @@ def test_sigkill_part_way_then_same_command_resumes_and_finishes(tmp_path, tmp_p
     assert run["status"] == "finished" and run["wandb_run_id"] == first_wandb_id
     epochs = [json.loads(ln)["epoch"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]                       # resumed from the completed epoch, none duplicated
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 2 * n_batches
+    # finished: the resume state is gone, the weights of the last epoch are kept (no per-epoch probe: best = last)
+    assert not last.exists()
+    kept = torch.load(run_dir / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert kept["global_step"] == 2 * n_batches and "optimizer_states" not in kept
     # pretrain-stage W&B: the resumed process logged under the same run id (offline: one directory per process)
     dirs = sorted((ws / "wandb").glob("offline-run-*"))
     assert len(dirs) == 2 and {d.name.split("-", 3)[-1] for d in dirs} == {first_wandb_id}

@@ -57,13 +57,24 @@ def test_grid_around_the_paper_best(benchmark):
     assert p["seed"] == {"values": [42, 43, 44]}
 
 
-def test_bayes_variant_is_continuous_and_capped():
+def test_bayes_variant_is_continuous():
     config = load(SWEEPS / "trifeatures_bayes.yaml")
-    assert config["method"] == "bayes" and config["run_cap"] == 30
+    assert config["method"] == "bayes" and "run_cap" not in config   # the local controller's schema lacks it
     p = config["parameters"]
     assert p["model.mask_ratio"]["distribution"] == "uniform" and 0 < p["model.mask_ratio"]["min"]
     assert p["model.mask_ratio"]["max"] < 1
     assert p["model.temperature"]["distribution"] == "log_uniform_values"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_w_and_b_local_controller_accepts_the_file(path):
+    """`wandb sweep --controller FILE` marks the config local and validates it with wandb's controller before it
+    creates the sweep (wandb/cli/cli.py); the same check, called the same way (it needs no server)."""
+    from wandb.wandb_controller import _WandbController
+
+    config = load(path)
+    config.setdefault("controller", {})["type"] = "local"
+    assert _WandbController._validate(None, config) == ""
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])

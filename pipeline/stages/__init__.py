@@ -17,6 +17,7 @@ STAGE_FUNCTIONS = {
     "bench": ("bench", "bench_cli"),
     "agent-script": ("sweep", "agent_script_cli"),
     "notebooks": ("notebooks", "notebooks_cli"),
+    "config": ("show_config", "config_cli"),
 }
 
 

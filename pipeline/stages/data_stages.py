@@ -1,8 +1,8 @@
 """`infmask download` and `infmask preprocess`: thin wrappers over the dataset registry."""
 from __future__ import annotations
 
+import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from data.registry import DATASETS, dataset_for
@@ -41,43 +41,58 @@ def download_cli(args) -> int:
         except BadMirrorURL as e:
             raise UsageError(str(e)) from None
     ws = Workspace.open()
-    with _stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
-                                                 "data_seed": args.data_seed}) as run:
-        t0 = time.time()
-        out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
-        _log_dir(run, out, time.time() - t0)
+    t0 = time.time()
+    out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
+    _log_stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
+                                                "data_seed": args.data_seed}, out, time.time() - t0)
     return 0
 
 
-@contextmanager
-def _stage_run(ws, stage: str, name: str, config: dict):
-    """Each data stage is a (small) W&B run too, so the whole pipeline shows up on the dashboard."""
+def _log_stage_run(ws, stage: str, name: str, config: dict, out, seconds: float) -> None:
+    """Each data stage that did its work is a (small) W&B run too, so the whole pipeline shows up on the dashboard.
+    Started afterwards: a stage refused for bad input (exit 2: credentials, a bad file) leaves no run to sync."""
     from ..tracking import start_stage_run
 
     run = start_stage_run(ws, stage, name, config)
+    if run is None:
+        return
     try:
-        yield run
-    except BaseException:
-        if run is not None:
-            run.finish(exit_code=1)
-        raise
-    if run is not None:
+        if out is not None:
+            files = [p for p in Path(out).rglob("*") if p.is_file()]
+            run.summary.update({"data/seconds": seconds, "data/files": len(files),
+                                "data/bytes": sum(p.stat().st_size for p in files), "data/path": str(out)})
+    finally:
         run.finish()
 
 
-def _log_dir(run, out, seconds: float):
-    if run is None or out is None:
-        return
-    files = [p for p in Path(out).rglob("*") if p.is_file()]
-    run.summary.update({"data/seconds": seconds, "data/files": len(files),
-                        "data/bytes": sum(p.stat().st_size for p in files), "data/path": str(out)})
+# Data this process has already made sure of: `infmask run` prepares every variant up front, then its pretrain
+# and probe steps ask again; they get the answer without a second check or a second "nothing to do" line. Keyed by
+# the processed folder where the dataset's stages module says which it is (Trifeatures' biased and unbiased runs
+# share one), else by the whole data section.
+_ENSURED: dict[tuple, object] = {}
+
+
+def _data_key(cfg, ws, entry) -> tuple:
+    import importlib
+
+    where = getattr(importlib.import_module(entry.preprocess.split(":")[0]), "processed_dir", None)
+    if where is not None:
+        try:
+            return str(ws.root), str(where(ws, cfg))
+        except Exception:  # noqa: BLE001 - a stages module that needs more than (ws, cfg): use the data section
+            pass
+    return str(ws.root), json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
 
 
 def ensure_data(cfg, ws, force: bool = False):
     """Preprocess what `cfg` trains on (a generated dataset's preprocess generates its raw set when missing);
     idempotent."""
     entry = dataset_for(cfg.data.dataset)
-    return entry.stage("preprocess")(ws, entry, cfg, force=force)
+    key = _data_key(cfg, ws, entry)
+    if key in _ENSURED and not force and (_ENSURED[key] is None or Path(_ENSURED[key]).exists()):
+        return _ENSURED[key]
+    _ENSURED[key] = out = entry.stage("preprocess")(ws, entry, cfg, force=force)
+    return out
 
 
 def preprocess_cli(args) -> int:
@@ -89,12 +104,11 @@ def preprocess_cli(args) -> int:
     cfg = build_config(args.benchmark, method, args.preset, overrides=args.overrides)
     ws = Workspace.open()
     entry = dataset_for(cfg.data.dataset)
-    with _stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}", {"benchmark": args.benchmark,
-                                                                         "preset": args.preset,
-                                                                         "data": cfg.to_dict()["data"]}) as run:
-        t0 = time.time()
-        out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
-        _log_dir(run, out, time.time() - t0)
+    t0 = time.time()
+    out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
+    _log_stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}",
+                   {"benchmark": args.benchmark, "preset": args.preset, "data": cfg.to_dict()["data"]}, out,
+                   time.time() - t0)
     return 0
 
 

@@ -1,6 +1,9 @@
 """`infmask pretrain`: self-supervised pretraining of one (config, seed), resumable and idempotent.
 
-- `last.ckpt` every epoch (written atomically), `best.ckpt` whenever the per-epoch validation probe improves.
+- `last.ckpt` (full state, to resume) every epoch, written atomically; `best.ckpt` (weights only) whenever the
+  per-epoch validation probe improves.
+- A finished run keeps one weights-only checkpoint, the one its probe reads (`probe.checkpoint`: best.ckpt, or
+  last.ckpt rewritten without the optimiser state); the resume state is deleted once the run is recorded finished.
 - Rerunning an interrupted run resumes from `last.ckpt` with the same W&B run id; a finished run is skipped
   unless --force. A damaged `last.ckpt` is a usage error (exit 2) and the run is marked failed.
 - One writer per run: rank 0 holds the run's lock (pipeline/run_lock.py) from the skip check to the end of fit;
@@ -46,6 +49,11 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def final_checkpoint(run_dir: Path, cfg) -> Path:
+    """The one checkpoint a finished run keeps: the one its probe reads."""
+    return checkpoint_dir(run_dir) / f"{cfg.probe.checkpoint}.ckpt"
+
+
 def _trainer_settings(cfg) -> dict:
     import torch
 
@@ -54,11 +62,16 @@ def _trainer_settings(cfg) -> dict:
     if precision == "auto":
         cuda = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
         precision = "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
-    return dict(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                strategy=t.strategy, precision=precision, limit_train_batches=t.limit_train_batches,
-                limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
-                deterministic=t.deterministic, num_sanity_val_steps=0, inference_mode=False,
-                use_distributed_sampler=True, benchmark=False)
+    settings = dict(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                    strategy=t.strategy, precision=precision, log_every_n_steps=t.log_every_n_steps,
+                    deterministic=t.deterministic, num_sanity_val_steps=0, inference_mode=False,
+                    use_distributed_sampler=True, benchmark=False)
+    # passed only when they limit something: Lightning prints a notice for an explicit 1.0
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = getattr(t, key)
+        if value is not None and value != 1.0:
+            settings[key] = value
+    return settings
 
 
 # Set once this process has started DDP ranks with Lightning's script launcher (strategy=ddp, no cluster launcher):
@@ -79,18 +92,24 @@ def _exclusive(path: Path):
 
 
 def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = None,
-             keep_wandb_open: bool = False) -> PretrainResult:
+             keep_wandb_open: bool = False, stage: str = "pretrain", wandb_run_id: str | None = None) -> PretrainResult:
+    """Train `cfg`. `stage` names the W&B run and its job type (`trial`: pretrain + probe in one run);
+    `wandb_run_id`: the W&B run id to use (an `infmask sweep` trial's id) instead of one derived from the config."""
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 
-    from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PlainProgress, PreemptionCheckpoint,
-                             TelemetryCallback, ValProbeCallback)
+    from ..callbacks import (AtomicCheckpointIO, MetricsFileCallback, PreemptionCheckpoint, TelemetryCallback,
+                             ValProbeCallback)
+    from ..progress import EpochBar, progress_callback
+    from ..quiet import quiet_third_party
 
+    quiet_third_party()
     store = ResultsStore(ws.db_path)
     run_dir = ws.run_dir(cfg)
     ckpt_dir = checkpoint_dir(run_dir)
     last = ckpt_dir / "last.ckpt"
+    kept = final_checkpoint(run_dir, cfg)
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
     preemption = PreemptionCheckpoint(last)
@@ -106,13 +125,12 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
         if cfg.trainer.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.probe.mode, check_on_train_epoch_end=False,
                                            patience=int(cfg.trainer.early_stopping_patience)))
-    progress_bar = sys.stderr.isatty()
-    if not progress_bar:
-        callbacks.append(PlainProgress(probe_every_n_epochs=cfg.probe.every_n_epochs))
+    progress = progress_callback(cfg.probe.every_n_epochs)
+    callbacks.append(progress)
     # The Trainer resolves the cluster environment (local DDP launcher, Slurm, torchrun) and this process's global
     # rank without launching anything; the logger is attached afterwards, on rank 0 only.
     try:
-        trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=progress_bar,
+        trainer = pl.Trainer(logger=False, callbacks=callbacks, enable_progress_bar=isinstance(progress, EpochBar),
                              enable_model_summary=False, plugins=[AtomicCheckpointIO()],
                              default_root_dir=str(run_dir), **_trainer_settings(cfg))
     except (ValueError, MisconfigurationException) as e:  # e.g. trainer.strategy unknown, or no such accelerator
@@ -125,13 +143,13 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
     # One writer per run: rank 0 holds the run from the skip check to the end of fit (other ranks write nothing).
     with run_lock(ws, cfg.run_id, "pretrain") if rank0 else nullcontext():
         previous = store.get_run(cfg.run_id)
-        if previous and previous["status"] == "finished" and last.exists() and not force:
-            print(f"{cfg.run_id}: already pretrained ({last}); skipping (use --force to retrain)")
+        if previous and previous["status"] == "finished" and kept.exists() and not force:
+            print(f"{cfg.run_id}: already pretrained ({kept}); skipping (use --force to retrain)")
             return PretrainResult(cfg.run_id, run_dir, "finished", skipped=True)
         if last.exists() and not force:
             _check_resumable(last, cfg, store if rank0 and previous else None)
         return _train(cfg, ws, store, trainer, preemption, run_dir=run_dir, previous=previous, force=force,
-                      sweep_id=sweep_id, keep_wandb_open=keep_wandb_open)
+                      sweep_id=sweep_id, keep_wandb_open=keep_wandb_open, stage=stage, wandb_run_id=wandb_run_id)
 
 
 def _check_resumable(last: Path, cfg, store) -> None:
@@ -154,7 +172,8 @@ def _check_resumable(last: Path, cfg, store) -> None:
 
 
 def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_dir: Path, previous: dict | None,
-           force: bool, sweep_id: str | None, keep_wandb_open: bool) -> PretrainResult:
+           force: bool, sweep_id: str | None, keep_wandb_open: bool, stage: str = "pretrain",
+           wandb_run_id: str | None = None) -> PretrainResult:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -169,6 +188,9 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     rank0 = trainer.global_rank == 0
     ckpt_dir = checkpoint_dir(run_dir)
     last = ckpt_dir / "last.ckpt"
+    # the data first: a run that cannot get its data (credentials, a bad file) leaves no run directory behind
+    with _exclusive(ws.root / "locks" / "ensure_data.lock"):
+        ensure_data(cfg, ws)
     salt = ""
     if rank0:
         if force and run_dir.exists():
@@ -180,8 +202,6 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
         atomic_write_text(run_dir / "config.yaml",
                           __import__("yaml").safe_dump(scrub(cfg.to_dict()), sort_keys=False))
 
-    with _exclusive(ws.root / "locks" / "ensure_data.lock"):
-        ensure_data(cfg, ws)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = datamodule_for(cfg, ws)
     model = build_method(cfg.to_dict())
@@ -195,8 +215,8 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     resume_id = None
     if rank0:
         resume_id = (previous or {}).get("wandb_run_id") if last.exists() and not force else None
-        resume_id = resume_id or wandb_id(cfg, "pretrain", salt)
-        logger, resume_id = _start_logger(cfg, ws, resume_id)
+        resume_id = wandb_run_id or resume_id or wandb_id(cfg, stage, salt)
+        logger, resume_id = _start_logger(cfg, ws, resume_id, stage)
         if logger:
             trainer.logger = logger
     if cfg.trainer.compile:
@@ -205,10 +225,7 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     if rank0:
         store.upsert_run(cfg, status="running", run_dir=str(run_dir), code_version=code_version(),
                          wandb_run_id=resume_id if logger else None, sweep_id=sweep_id)
-        if logger:
-            from ..tracking import define_summaries
-
-            define_summaries(logger.experiment, tuple(dm.tasks))
+        print(f"{cfg.run_id}: training {trainer.max_epochs} epochs on {_describe_device(trainer)}", flush=True)
 
     # --force starts afresh on every rank (rank 0 deleted last.ckpt, other ranks may not have seen it go yet)
     ckpt_path = str(last) if last.exists() and not force else None
@@ -248,9 +265,11 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     if not rank0:  # DDP workers stop here: rank 0 records the run and runs the probe
         return PretrainResult(cfg.run_id, run_dir, "worker")
     best = ckpt_dir / "best.ckpt"
-    if not best.exists():
-        shutil.copyfile(last, best)  # no per-epoch probe: the last epoch is the best we know
+    kept = final_checkpoint(run_dir, cfg)
+    if kept == best and not best.exists():  # no per-epoch probe: the last epoch is the best we know
+        weights_only_copy(last, best)
     store.set_status(cfg.run_id, "finished")
+    _keep_one_checkpoint(kept, ckpt_dir)
     if preemption.signum is not None:
         # Signalled after the last training batch (e.g. during the final validation probe): the run is complete
         # and recorded as such, but the process still stops, so `run`/`trial` do not start more work.
@@ -261,14 +280,53 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     return PretrainResult(cfg.run_id, run_dir, "finished", wandb_logger=logger)
 
 
-def _start_logger(cfg, ws, resume_id: str, attempts: int = 4, wait_s: float = 3.0):
+# What a weights-only checkpoint keeps of Lightning's full one: enough to probe it and to know what it is.
+WEIGHTS_KEYS = ("state_dict", "infmask_config", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def weights_only_copy(src: Path, dst: Path) -> None:
+    """`dst` = `src` without optimiser, scheduler, loop and callback state, written atomically. Read back from our
+    own file (no collective call, so it is safe on DDP's rank 0 after the other ranks have left)."""
+    import torch
+
+    from ..callbacks import AtomicCheckpointIO
+
+    full = torch.load(src, map_location="cpu", weights_only=True)
+    AtomicCheckpointIO().save_checkpoint({k: full[k] for k in WEIGHTS_KEYS if k in full}, dst)
+
+
+def _keep_one_checkpoint(kept: Path, ckpt_dir: Path) -> None:
+    """A finished run cannot resume: keep the weights its probe reads and nothing else. Done after the store says
+    `finished`, so a kill in between leaves a finished run with an extra file, never a run that resumes from a
+    weights-only checkpoint."""
+    if kept.name == "last.ckpt":
+        weights_only_copy(kept, kept)
+    for other in ("last.ckpt", "best.ckpt"):
+        if other != kept.name:
+            (ckpt_dir / other).unlink(missing_ok=True)
+
+
+def _describe_device(trainer) -> str:
+    """`cpu, precision 32-true`: where the fit is about to run, in place of Lightning's availability lines."""
+    try:
+        device = trainer.strategy.root_device
+        where = f"{device.type}{'' if device.index is None else f':{device.index}'}"
+    except Exception:  # a strategy that resolves its device only when it launches
+        where = str(trainer.accelerator.__class__.__name__).removesuffix("Accelerator").lower()
+    if trainer.world_size > 1:
+        strategy = type(trainer.strategy).__name__.removesuffix("Strategy").lower()
+        where = f"{trainer.world_size} processes on {where.split(':')[0]} ({strategy})"
+    return f"{where}, precision {trainer.precision}"
+
+
+def _start_logger(cfg, ws, resume_id: str, stage: str = "pretrain", attempts: int = 4, wait_s: float = 3.0):
     """Create the W&B logger and its run now (not lazily inside fit). A W&B service shared with a killed process
     may still hold the run id ("run ID ... is in use"; the CLI gives each program its own service to avoid it):
     retry briefly, then continue under a fresh id rather than fail the resumed run."""
     from ..tracking import make_logger
 
     for attempt in range(attempts):
-        logger = make_logger(cfg, ws, "pretrain", resume_id=resume_id)
+        logger = make_logger(cfg, ws, stage, resume_id=resume_id)
         if not logger:
             return logger, resume_id
         try:
@@ -296,7 +354,16 @@ def _finish(logger, exit_code: int = 0):
 
 def pretrain_cli(args) -> int:
     cfg = build_config(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides)
+    if args.print_config:
+        from ..config_sources import resolved_yaml
+        from .show_config import header
+
+        print(resolved_yaml(args.benchmark, args.method, args.preset, seed=args.seed, overrides=args.overrides,
+                            header=header("pretrain", args, [args.benchmark, "--method", args.method,
+                                                             "--preset", args.preset, *args.overrides])), end="")
+        return 0
     ws = Workspace.open()
+    print(f"infmask pretrain {cfg.run_id}: preset {cfg.preset}, workspace {ws.root}", flush=True)
     res = pretrain(cfg, ws, force=args.force)
     if res.status == "worker":  # a DDP rank > 0: rank 0 reports
         return 0

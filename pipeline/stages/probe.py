@@ -60,12 +60,17 @@ def resolve_checkpoint(ref: str, ws: Workspace, which: str | None) -> Path:
             raise UsageError(f"no run '{ref}' in {ws.db_path} and no such directory; pass a run id, a run "
                              "directory or a .ckpt file")
         p = Path(row["run_dir"])
-    if which is None:
-        try:
-            which = Config.load_yaml(p / "config.yaml").probe.checkpoint
-        except Exception:
-            which = "best"
-    return p / "checkpoints" / f"{which}.ckpt"
+    kept = "best"
+    try:
+        kept = Config.load_yaml(p / "config.yaml").probe.checkpoint
+    except Exception:
+        pass
+    path = p / "checkpoints" / f"{which or kept}.ckpt"
+    if not path.is_file() and which and which != kept and (p / "checkpoints" / f"{kept}.ckpt").is_file():
+        raise UsageError(f"{path} is gone: a finished run keeps only the checkpoint its probe.checkpoint names "
+                         f"({kept}.ckpt, weights only); retrain with probe.checkpoint={which} --force to probe the "
+                         f"{which} epoch")
+    return path
 
 
 def probe(ckpt_path: Path, ws: Workspace, *, force: bool = False, keep_wandb_run=None) -> dict:
@@ -134,7 +139,7 @@ def _probe(ckpt_path: Path, cfg: Config, model, ws: Workspace, store: ResultsSto
     run = keep_wandb_run
     try:
         if run is None:
-            run = start_run(cfg, ws, "probe", resume_id=wandb_id(cfg, "probe"), tasks=tuple(dm.tasks))
+            run = start_run(cfg, ws, "probe", resume_id=wandb_id(cfg, "probe"))
         if run is not None:
             run.log(flat)
             for k, v in flat.items():
@@ -158,6 +163,7 @@ def _print_probe(cfg, tasks, per_test, mean_val):
 def probe_cli(args) -> int:
     ws = Workspace.open()
     ckpt = resolve_checkpoint(args.run, ws, args.checkpoint)
+    print(f"infmask probe {ckpt}: linear probes, workspace {ws.root}", flush=True)
     probe(ckpt, ws, force=args.force)
     from ..tracking import sync_hint
 

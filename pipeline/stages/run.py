@@ -27,8 +27,15 @@ def run_cli(args) -> int:
     # seed-major order: an interrupted run leaves complete tables with fewer seeds, not missing columns
     configs = [build_config(args.benchmark, m, args.preset, seed=s, overrides={**v, **_ov(args.overrides)})
                for s in seeds for v in variants for m in methods]
+    if getattr(args, "print_config", False):
+        return _print_configs(args, methods, variants, seeds)
     ws = Workspace.open()
     ResultsStore(ws.db_path)  # a damaged store stops the run here, not after the data is prepared
+    shape = [f"{len(methods)} method{'s' * (len(methods) != 1)}"]
+    shape += [f"{len(variants)} data variants"] if len(variants) > 1 else []
+    shape += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
+    print(f"infmask run {args.benchmark}: {len(configs)} runs ({' × '.join(shape)}), preset {args.preset}, "
+          f"workspace {ws.root}; each run is pretrained, then probed; the table comes last", flush=True)
     from .data_stages import ensure_data
     from .pretrain import pretrain
     from .probe import probe
@@ -53,6 +60,23 @@ def run_cli(args) -> int:
 
     if hint := sync_hint(ws):
         print(hint)
+    return 0
+
+
+def _print_configs(args, methods, variants, seeds) -> int:
+    """One YAML document per (method, data variant), at the first seed (the others differ only in `seed`)."""
+    from ..config_sources import resolved_yaml
+    from .show_config import header
+
+    docs = []
+    for v in variants:
+        for m in methods:
+            what = header("run", args, [args.benchmark, "--preset", args.preset, *args.overrides])
+            what += f": method {m}" + "".join(f", {k}={val}" for k, val in v.items())
+            what += f", seeds {','.join(map(str, seeds))} (seed {seeds[0]} shown)" if seeds else ""
+            docs.append(resolved_yaml(args.benchmark, m, args.preset, seed=seeds[0] if seeds else None,
+                                      overrides=_ov(args.overrides), variant=v, header=what))
+    print("---\n".join(docs), end="")
     return 0
 
 

@@ -16,9 +16,13 @@ from ..errors import InfmaskError, Preempted, UsageError
 from ..workspace import Workspace, atomic_write_text
 
 FIXED = ("benchmark", "method", "preset", "seed")
+CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, then exit 0 without training
+CHECK_PASSED = "infmask trial: command check passed:"
 
 
-def parse_trial_argv(argv: list[str]):
+def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
+    """benchmark, method, preset, seed and the config overrides of a trial's argv (the seed, when given, stays among
+    the overrides, so it is type-checked like every key; the fourth item is then None)."""
     ov = parse_overrides([a for a in argv if a != "--"])
     if "benchmark" not in ov:
         raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
@@ -26,8 +30,14 @@ def parse_trial_argv(argv: list[str]):
     method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
     preset = str(ov.pop("preset", "cpu"))
     benchmark = str(ov.pop("benchmark"))
-    # the seed goes through the same typed check as every other key (1.5 or "abc" is an error, not seed 1)
-    return build_config(benchmark, method, preset, overrides=ov), spec
+    # the seed stays among the overrides: it goes through the same typed check as every other key (1.5 or "abc" is
+    # an error, not seed 1)
+    return benchmark, method, preset, None, ov
+
+
+def parse_trial_argv(argv: list[str]):
+    benchmark, method, preset, seed, ov = trial_arguments(argv)
+    return build_config(benchmark, method, preset, seed=seed, overrides=ov), benchmark_spec(benchmark)
 
 
 def _write_result(status: str, run_id: str | None, metrics: dict):
@@ -37,22 +47,37 @@ def _write_result(status: str, run_id: str | None, metrics: dict):
 
 
 def trial_cli(args) -> int:
+    cfg, spec = parse_trial_argv(args.argv)
+    if getattr(args, "print_config", False):
+        from ..config_sources import resolved_yaml
+        from .show_config import header
+
+        benchmark, method, preset, seed, ov = trial_arguments(args.argv)
+        print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
+                            header=header("trial", args, list(args.argv))), end="")
+        return 0
+    if os.environ.get(CHECK_ENV) == "1":  # `infmask sweep` trying the command it will run (pipeline/sweep_command.py)
+        print(f"{CHECK_PASSED} {cfg.run_id}")
+        return 0
+    ws = Workspace.open()
+    sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    # The agent's run id (W&B's, or the trial id `infmask sweep` gives): the W&B run's id and folder name.
+    agent_run_id = os.environ.get("WANDB_RUN_ID") or None
+    print(f"infmask trial {cfg.run_id}: pretrain + probe, preset {cfg.preset}, workspace {ws.root}"
+          + (f", sweep {sweep_id} run {agent_run_id}" if sweep_id else ""), flush=True)
+    if os.environ.get("INFMASK_LOCAL_SWEEP") == "1" and sweep_id:
+        # The embedded runner's sweep id exists on no W&B server, and `wandb sync` refuses runs that name an
+        # unknown sweep: keep it as a tag (and in the results store) instead, so the offline runs sync. The
+        # parameter file stays: wandb adds its flat keys (model.mask_ratio) to the run's config, as under an agent.
+        os.environ.pop("WANDB_SWEEP_ID")
+        cfg.tracking.tags = [*cfg.tracking.tags, f"sweep:{sweep_id}"]
     import wandb
 
     from .pretrain import pretrain
     from .probe import probe
 
-    cfg, spec = parse_trial_argv(args.argv)
-    ws = Workspace.open()
-    sweep_id = os.environ.get("WANDB_SWEEP_ID")
-    if os.environ.get("INFMASK_LOCAL_SWEEP") == "1" and sweep_id:
-        # The embedded runner's sweep id exists on no W&B server, and `wandb sync` refuses runs that name an
-        # unknown sweep: keep it as a tag (and in the results store) instead, so the offline runs sync.
-        os.environ.pop("WANDB_SWEEP_ID")
-        os.environ.pop("WANDB_SWEEP_PARAM_PATH", None)
-        cfg.tracking.tags = [*cfg.tracking.tags, f"sweep:{sweep_id}"]
     try:
-        res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True)
+        res = pretrain(cfg, ws, sweep_id=sweep_id, keep_wandb_open=True, stage="trial", wandb_run_id=agent_run_id)
         if res.status == "worker":
             return 0
         metrics = probe(res.run_dir / "checkpoints" / f"{cfg.probe.checkpoint}.ckpt", ws, force=True,

@@ -55,7 +55,7 @@ def _add_run_args(p, benchmark=True):
     if benchmark:
         p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
     p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
-    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     p.add_argument("--force", action="store_true", help="redo even if already done")
     _add_overrides(p)
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("benchmark")
     p.add_argument("--methods", default=None, help="comma-separated (default: all of the benchmark's methods)")
     p.add_argument("--seeds", default="42,43,44", help="comma-separated seeds (default 42,43,44)")
-    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--force", action="store_true")
     _add_overrides(p)
     _add_print_config(p)
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config of a benchmark as YAML, with each key's source")
     p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
     p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
-    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke (default: cpu)")
+    p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     _add_overrides(p)
 

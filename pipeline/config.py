@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("paper", "cpu", "smoke")
+PRESETS = ("paper", "cpu", "smoke")   # every benchmark has these; a benchmark file may add its own (e.g. demo)
 # Kept in step with models.methods.METHODS by a test; spelled out here so `infmask --help` does not import torch.
 METHOD_NAMES = ("infmasking", "comm", "cross", "cross_self", "cmc")
 
@@ -350,11 +350,18 @@ def benchmark_spec(benchmark: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def presets_of(spec: dict) -> list[str]:
+    """The presets a benchmark file offers: paper, cpu and smoke, then any of its own."""
+    own = [p for p in (spec.get("presets") or {}) if p not in PRESETS]
+    return list(PRESETS) + own
+
+
 def build_config(benchmark: str, method: str = "infmasking", preset: str = "paper", seed: int | None = None,
                  overrides: list[str] | dict | None = None) -> Config:
     spec = benchmark_spec(benchmark)
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(PRESETS)}")
+    valid = presets_of(spec)
+    if preset not in valid:
+        raise ConfigError(f"unknown preset '{preset}' for benchmark '{benchmark}'; valid presets: {', '.join(valid)}")
     methods = spec.get("methods", list(METHOD_NAMES))
     if method not in methods:
         raise ConfigError(f"unknown method '{method}' for benchmark '{benchmark}'; valid methods: {', '.join(methods)}")
@@ -418,7 +425,8 @@ def validate(cfg: Config) -> None:
     _check(cfg.data.dataset == dataset, "data.dataset",
            f"benchmark '{cfg.benchmark}' reads the dataset '{dataset}', got {cfg.data.dataset!r}")
     _check(cfg.method in METHOD_NAMES, "method", f"unknown method '{cfg.method}'; valid: {', '.join(METHOD_NAMES)}")
-    _check(cfg.preset in PRESETS, "preset", f"unknown preset '{cfg.preset}'; valid: {', '.join(PRESETS)}")
+    valid = presets_of(benchmark_spec(cfg.benchmark))
+    _check(cfg.preset in valid, "preset", f"unknown preset '{cfg.preset}'; valid: {', '.join(valid)}")
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

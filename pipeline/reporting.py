@@ -1187,6 +1187,62 @@ def plot_training_curves(curves: pd.DataFrame, title: str, path: Path, max_group
     return save_figure(fig, path)
 
 
+def task_panels(curves: pd.DataFrame) -> list[tuple[str, str]]:
+    """(task, metric) panels of the per-epoch validation probe: each task's primary metric, and for binary tasks
+    (Trifeatures' synergy, ~10 % positives) also the AUROC, which shows a weak signal that balanced accuracy at
+    the probe's 0.5 threshold does not."""
+    val = curves[(curves["split"] == "val") & (curves["task"] != "all") & curves["value"].notna()]
+    if val.empty:
+        return []
+    monitor = monitored_metric(curves)[0]
+    panels = []
+    for task in dict.fromkeys(val["task"]):
+        metrics = set(val.loc[val["task"] == task, "metric"])
+        if monitor in metrics:
+            panels.append((task, monitor))
+        if "roc_auc" in metrics and task == "synergy":
+            panels.append((task, "roc_auc"))
+    return panels
+
+
+def plot_task_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
+    """The per-epoch validation probe task by task (one panel per task, plus the synergy AUROC): thin lines per
+    run (seed), thick mean per group, labelled in hyper-parameters; epochs counted from 1."""
+    panels = task_panels(curves) if not curves.empty else []
+    groups = list(curves.groupby(["method", "config_hash"])) if panels else []
+    labels = curve_labels(curves)
+    fig = _figure(3.2 * max(1, len(panels)), 3.6 + 0.16 * max(0, len(groups) - 8))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(panels))))
+    handles = {}
+    for ax, (task, metric) in zip(axes, panels):
+        scale = metric_scale(metric)
+        for k, ((method, h), grp) in enumerate(groups):
+            sel = grp[(grp["split"] == "val") & (grp["task"] == task) & (grp["metric"] == metric)
+                      & grp["value"].notna()]
+            if sel.empty:
+                continue
+            color = f"C{k % 10}"
+            for _, run in sel.groupby("run_id"):
+                run = run.sort_values("step")
+                ax.plot(run["step"] + 1, run["value"] * scale, color=color, alpha=0.3, linewidth=0.8)
+            mean = sel.groupby("step")["value"].mean() * scale
+            line, = ax.plot(mean.index + 1, mean.values, color=color, linewidth=2, marker="o", markersize=3)
+            handles.setdefault((method, h), (line, f"{labels.get((method, h), method)} "
+                                                   f"(n={grp['run_id'].nunique()})"))
+        if metric in ("acc1", "roc_auc") and task == "synergy":
+            ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_title(f"{task}: {metric} ×{scale:g}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    if not panels:
+        axes[0].text(0.5, 0.5, "no per-task validation rows", ha="center", va="center", transform=axes[0].transAxes)
+    if handles:
+        fig.legend([h for h, _ in handles.values()], [t for _, t in handles.values()], fontsize=7,
+                   loc="outside lower center", ncols=min(3, len(handles)))
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 def throughput_summary(curves: pd.DataFrame) -> pd.DataFrame:
     """Mean of the perf/* keys over epochs and seeds, per group."""
     cols = ["benchmark", "method", "config_hash", "preset", "seeds", "perf/samples_per_s", "perf/step_time_s",

@@ -60,3 +60,30 @@ def test_figure_is_written(curves, tmp_path):
     png = R.plot_training_curves(curves, "trifeatures: training curves", tmp_path / "curves.png")
     assert_png_not_blank(png)
     assert {"config", "seeds"} <= set(R.curve_groups(curves).columns)
+
+
+def test_task_curves_one_panel_per_task_and_the_synergy_auroc(tmp_path, monkeypatch):
+    """The per-task figure: a panel per probe task and the synergy AUROC, the values as logged (x100)."""
+    store = ResultsStore(tmp_path / "ws" / "results.sqlite")
+    for method, auc in (("infmasking", 0.8), ("comm", 0.7)):
+        run_id = add_run(store, cfg_for("trifeatures", method, 42, {"data.biased": True}), {"all": {"acc1": 0.5}},
+                         {"all": {"acc1": 0.5}}, curves_epochs=2)
+        for step in (0, 1):
+            rows = [("val", t, "acc1", 0.1 * (k + 1) + 0.1 * step) for k, t in
+                    enumerate(("share", "unique1", "unique2", "synergy"))]
+            store.log_metrics(run_id, "pretrain", rows + [("val", "synergy", "roc_auc", auc)], step=step)
+    curves = R.load_curves(tmp_path / "ws")
+    assert R.task_panels(curves) == [("share", "acc1"), ("unique1", "acc1"), ("unique2", "acc1"),
+                                     ("synergy", "acc1"), ("synergy", "roc_auc")]
+    drawn = {}
+    monkeypatch.setattr(R, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    R.plot_task_curves(curves, "trifeatures: probes per task", tmp_path / "t.png")
+    axes = drawn["fig"].axes
+    assert [a.get_title() for a in axes] == ["share: acc1 ×100", "unique1: acc1 ×100", "unique2: acc1 ×100",
+                                             "synergy: acc1 ×100", "synergy: roc_auc ×100"]
+    auc_means = sorted(round(max(l.get_ydata()), 6) for l in axes[4].get_lines() if l.get_linewidth() == 2)
+    assert auc_means == [70.0, 80.0]
+    labels = [t.get_text() for t in drawn["fig"].legends[0].get_texts()]
+    assert sorted(labels) == ["comm τ=0.1 biased (n=1)", "infmasking ρ=0.7 τ=0.1 biased (n=1)"]
+    monkeypatch.undo()
+    assert_png_not_blank(R.plot_task_curves(curves, "t", tmp_path / "t.png"))

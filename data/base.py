@@ -77,6 +77,9 @@ class BenchmarkDataModule(pl.LightningDataModule):
     """
 
     tasks: dict[str, str] = {}
+    # What an SSL batch carries: "views" (two augmented copies) and/or "x" (the un-augmented input). The training
+    # stage sets it to what the method reads (Cross reads only x, CoMM only the views), so no work is wasted.
+    ssl_inputs: tuple[str, ...] = ("views", "x")
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, drop_last: bool = False,
                  pin_memory: bool = False):
@@ -134,12 +137,14 @@ class BenchmarkDataModule(pl.LightningDataModule):
         if not isinstance(batch, dict) or "raw" not in batch:
             return batch  # already transformed, or not one of ours
         raw = batch["raw"]
-        x = [self.prepare_input(i, m) for i, m in enumerate(raw)]
         if "y" in batch:
-            return {"x": x, "y": batch["y"]}
-        v1 = [self.augment(i, m) for i, m in enumerate(raw)]
-        v2 = [self.augment(i, m) for i, m in enumerate(raw)]
-        return {"views": [v1, v2], "x": x}
+            return {"x": [self.prepare_input(i, m) for i, m in enumerate(raw)], "y": batch["y"]}
+        out = {}
+        if "views" in self.ssl_inputs:
+            out["views"] = [[self.augment(i, m) for i, m in enumerate(raw)] for _ in range(2)]
+        if "x" in self.ssl_inputs:
+            out["x"] = [self.prepare_input(i, m) for i, m in enumerate(raw)]
+        return out
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         return self.transform_batch(batch)

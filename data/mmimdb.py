@@ -639,7 +639,8 @@ class MMIMDbDataModule(BenchmarkDataModule):
             x = [p[:, 0] for p in parts]
             if "y" in batch:
                 return {"x": x, "y": batch["y"]}
-            return {"views": [[p[:, 1] for p in parts], [p[:, 2] for p in parts]], "x": x}
+            out = {"views": [[p[:, 1] for p in parts], [p[:, 2] for p in parts]], "x": x}
+            return {k: v for k, v in out.items() if k in self.ssl_inputs}
         return super().transform_batch(batch)
 
     def probe_batches(self, split: str, device="cpu") -> Iterator[dict]:

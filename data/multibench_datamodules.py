@@ -269,11 +269,15 @@ class MultiBenchDataModule(BenchmarkDataModule):
         if not isinstance(batch, dict) or "raw" not in batch:
             return batch
         raw = batch["raw"]
-        x = [self.prepare_input(i, m) for i, m in enumerate(raw)]
         if "y" in batch:
-            return {"x": x, "y": batch["y"]}
+            return {"x": [self.prepare_input(i, m) for i, m in enumerate(raw)], "y": batch["y"]}
         lengths = batch.get("lengths")
-        return {"views": [self.augment_all(raw, lengths), self.augment_all(raw, lengths)], "x": x}
+        out = {}
+        if "views" in self.ssl_inputs:
+            out["views"] = [self.augment_all(raw, lengths), self.augment_all(raw, lengths)]
+        if "x" in self.ssl_inputs:
+            out["x"] = [self.prepare_input(i, m) for i, m in enumerate(raw)]
+        return out
 
 
 class AffectDataModule(MultiBenchDataModule):

@@ -138,6 +138,9 @@ def warmup_cosine_lr(epoch: int, base_lr: float, warmup_epochs: int, max_epochs:
 class BaseMethod(pl.LightningModule):
     """Shared plumbing: config, optimiser groups, schedule, logging, the non-finite check, checkpoint config."""
 
+    # The parts of an SSL batch that `compute_loss` reads: "views" (two augmented copies), "x" (un-augmented).
+    batch_inputs: tuple[str, ...] = ("views", "x")
+
     def __init__(self, cfg: dict):
         super().__init__()
         self.hparams_model, self.hparams_optim = _resolve(cfg)
@@ -231,6 +234,8 @@ class BaseMethod(pl.LightningModule):
 class InfMasking(BaseMethod):
     """Fusion encoder + projection head, trained with the InfMasking loss (SPEC §1)."""
 
+    batch_inputs = ("views",)
+
     def __init__(self, cfg: dict):
         super().__init__(cfg)
         m = self.hparams_model
@@ -280,6 +285,8 @@ class InfMasking(BaseMethod):
 
 class CoMM(BaseMethod):
     """The same fusion encoder and head without masked views, trained with the CoMM loss (SPEC §2)."""
+
+    batch_inputs = ("views",)
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -336,6 +343,8 @@ class Cross(_PerModality):
     """CLIP-style cross-modal InfoNCE (SPEC §2): bias-free linear projections of the pooled encoder outputs and a
     learnable logit scale, init log(1/0.07), clamped to [0, log 100] after every step. More than two modalities:
     the mean of the CLIP loss over all pairs."""
+
+    batch_inputs = ("x",)
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)
@@ -400,6 +409,8 @@ class CrossSelf(_PerModality):
 class CMC(_PerModality):
     """Contrastive Multiview Coding (SPEC §2): bias-free linear heads, NT-Xent averaged over all modality pairs,
     on un-augmented inputs. Probe features: the pooled encoder outputs, concatenated."""
+
+    batch_inputs = ("x",)
 
     def __init__(self, cfg: dict):
         super().__init__(cfg)

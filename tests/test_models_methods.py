@@ -217,3 +217,28 @@ def test_no_cuda_calls_in_code_base():
     offenders = [str(p.relative_to(ROOT)) for d in ("pipeline", "models", "data") if (ROOT / d).exists()
                  for p in (ROOT / d).rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_trains_on_the_batch_parts_it_declares(name):
+    """The datamodules build only `batch_inputs` of an SSL batch (no augmentation for Cross and CMC, no
+    un-augmented copy for CoMM and InfMasking): the loss must need nothing else."""
+    mods = [MOD_TAB, MOD_PROPRIO]
+    method = build_method(make_cfg(name, mods))
+    assert set(method.batch_inputs) <= {"views", "x"} and method.batch_inputs
+    batch = {k: v for k, v in make_batch(mods, B=6).items() if k in method.batch_inputs}
+    assert torch.isfinite(method.compute_loss(batch)["loss"])
+
+
+def test_trifeatures_ssl_batches_hold_only_the_requested_parts():
+    from data.base import TrifeaturesDataModule
+
+    dm = TrifeaturesDataModule(Path("unused"), batch_size=4, image_size=32, check_integrity=False)
+    raw = {"raw": [torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8) for _ in range(2)]}
+    assert set(dm.transform_batch(dict(raw))) == {"views", "x"}
+    for parts in (("x",), ("views",)):
+        dm.ssl_inputs = parts
+        out = dm.transform_batch(dict(raw))
+        assert set(out) == set(parts)
+    probe = dm.transform_batch({**raw, "y": {"share": torch.zeros(4)}})
+    assert set(probe) == {"x", "y"}  # probe batches always carry the un-augmented input

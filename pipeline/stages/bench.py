@@ -182,6 +182,7 @@ class _Batches:
             ws = Workspace.open()
             ensure_data(cfg, ws)
             dm = datamodule_for(cfg, ws)
+            dm.ssl_inputs = _batch_inputs(cfg)
             dm.setup("fit")
             self.raw = next(iter(dm.train_dataloader()))
             self.transform = dm.transform_batch
@@ -191,6 +192,7 @@ class _Batches:
 
             S = cfg.data.image_size
             dm = TrifeaturesDataModule(Path(os.devnull), batch_size=B, image_size=S, check_integrity=False)
+            dm.ssl_inputs = _batch_inputs(cfg)
             n = len(cfg.model.modalities)
             self.raw = {"raw": [torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g)
                                 for _ in range(n)]}
@@ -235,9 +237,16 @@ class _Batches:
             return obj
         batch = self.transform(move(self.raw))
         if self.dtype is not None:
-            batch = {"views": [[t.to(self.dtype) for t in v] for v in batch["views"]],
-                     "x": [t.to(self.dtype) for t in batch["x"]]}
+            batch = {k: [[t.to(self.dtype) for t in v] for v in vs] if k == "views" else [t.to(self.dtype) for t in vs]
+                     for k, vs in batch.items()}
         return batch
+
+
+def _batch_inputs(cfg) -> tuple:
+    """What the method's training step reads from an SSL batch (the real training loop makes only that)."""
+    from models.methods import METHODS
+
+    return METHODS[cfg.method].batch_inputs
 
 
 # ---------------------------------------------------------------------------------------------------- runners

@@ -205,6 +205,7 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = datamodule_for(cfg, ws)
     model = build_method(cfg.to_dict())
+    dm.ssl_inputs = model.batch_inputs
     if trainer.world_size > 1:
         # Same initial weights on every rank (and DDP broadcasts rank 0's anyway); from here on the augmentation and
         # masking draws differ per rank, or every rank would apply the same crops and masks to its own samples. The

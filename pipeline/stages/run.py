@@ -27,12 +27,15 @@ def run_cli(args) -> int:
     # seed-major order: an interrupted run leaves complete tables with fewer seeds, not missing columns
     configs = [build_config(args.benchmark, m, args.preset, seed=s, overrides={**v, **_ov(args.overrides)})
                for s in seeds for v in variants for m in methods]
+    # an override of a variant's key (e.g. data.biased=false) makes the variants one run, trained once
+    configs = list({c.run_id: c for c in configs}.values())
     if getattr(args, "print_config", False):
         return _print_configs(args, methods, variants, seeds)
     ws = Workspace.open()
     ResultsStore(ws.db_path)  # a damaged store stops the run here, not after the data is prepared
     shape = [f"{len(methods)} method{'s' * (len(methods) != 1)}"]
-    shape += [f"{len(variants)} data variants"] if len(variants) > 1 else []
+    n_variants = len(configs) // max(1, len(methods) * len(seeds))
+    shape += [f"{n_variants} data variants"] if n_variants > 1 else []
     shape += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
     print(f"infmask run {args.benchmark}: {len(configs)} runs ({' × '.join(shape)}), preset {args.preset}, "
           f"workspace {ws.root}; each run is pretrained, then probed; the table comes last", flush=True)

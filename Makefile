@@ -5,7 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.infmask-installed
-PRESET ?= smoke
+PRESET ?= demo
+# the demo preset's table: one seed, unbiased data (what it can show; see preset_notes in its config)
+DEMO_ARGS ?= --seeds 42 data.biased=False
 export WANDB_MODE ?= offline
 
 .PHONY: install demo test test-all notebooks bench clean-workspace
@@ -21,7 +23,7 @@ $(STAMP): setup.cfg constraints.txt pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/infmask run trifeatures --preset $(PRESET)
+	$(VENV)/bin/infmask run trifeatures --preset $(PRESET) $(if $(filter demo,$(PRESET)),$(DEMO_ARGS))
 
 test: install
 	$(PY) -m pytest -q

@@ -59,6 +59,9 @@ def run_cli(args) -> int:
         from .report import report_table
 
         report_table(ws, table)
+    # one line on what this preset's table can and cannot show (e.g. the demo's: redundancy yes, synergy no)
+    if note := (spec.get("preset_notes") or {}).get(args.preset):
+        print(note, flush=True)
     from ..tracking import sync_hint
 
     if hint := sync_hint(ws):

@@ -60,3 +60,17 @@ def test_damaged_processed_data_is_rebuilt_never_used(root, capsys):
     captured = capsys.readouterr()
     assert "preprocessed trifeatures into" in captured.out  # rebuilt, not "nothing to do"
     assert victim.read_bytes() == data
+
+
+def test_run_with_a_variant_key_overridden_trains_that_variant_once(capsys, root):
+    """`data.biased=False` on `infmask run trifeatures` (as `make demo` passes it) makes both data variants the same
+    run: it is trained and probed once, and the summary line counts one run."""
+    from pipeline.store import ResultsStore
+
+    rc = main(["run", "trifeatures", "--preset", "smoke", "--methods", "cross", "--seeds", "42", "data.biased=False",
+               "--root", str(root), "trainer.max_epochs=1"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "1 run (1 method × 1 seed)" in out and "[2/" not in out
+    runs = ResultsStore(root / "results.sqlite").query("SELECT run_id, status FROM runs")
+    assert [r["status"] for r in runs] == ["finished"]

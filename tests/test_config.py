@@ -178,3 +178,12 @@ def test_valid_trainer_values_still_pass():
                ["trainer.limit_train_batches=0.25"], ["trainer.limit_val_batches=0"], ["trainer.limit_train_batches=3"],
                ["trainer.early_stopping_patience=5"], ["--seed=4294967295"], ["data.data_seed=0"]):
         build_config("trifeatures", "infmasking", "smoke", overrides=ov)
+
+
+def test_preset_notes_name_presets_the_benchmark_offers():
+    from pipeline.config import benchmark_spec, benchmarks, presets_of
+
+    for b in benchmarks():
+        spec = benchmark_spec(b)
+        for preset, note in (spec.get("preset_notes") or {}).items():
+            assert preset in presets_of(spec) and isinstance(note, str) and "\n" not in note.strip()

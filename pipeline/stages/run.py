@@ -37,7 +37,8 @@ def run_cli(args) -> int:
     n_variants = len(configs) // max(1, len(methods) * len(seeds))
     shape += [f"{n_variants} data variants"] if n_variants > 1 else []
     shape += [f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
-    print(f"infmask run {args.benchmark}: {len(configs)} runs ({' × '.join(shape)}), preset {args.preset}, "
+    runs = f"{len(configs)} run{'s' * (len(configs) != 1)}"
+    print(f"infmask run {args.benchmark}: {runs} ({' × '.join(shape)}), preset {args.preset}, "
           f"workspace {ws.root}; each run is pretrained, then probed; the table comes last", flush=True)
     from .data_stages import ensure_data
     from .pretrain import pretrain

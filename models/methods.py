@@ -140,6 +140,9 @@ class BaseMethod(pl.LightningModule):
 
     # The parts of an SSL batch that `compute_loss` reads: "views" (two augmented copies), "x" (un-augmented).
     batch_inputs: tuple[str, ...] = ("views", "x")
+    # The non-finite check read on the host every step (True) or every log_every_n_steps steps (False);
+    # None: every step on a CPU only (see _check_finite).
+    finite_check_every_step: Optional[bool] = None
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -196,7 +199,10 @@ class BaseMethod(pl.LightningModule):
         synchronises anyway) and at each epoch's last batch: the error comes up to that many steps late."""
         finite = torch.isfinite(loss.detach()).all()
         t = self._trainer
-        if loss.device.type != "cpu" and t is not None:
+        every_step = self.finite_check_every_step
+        if every_step is None:
+            every_step = loss.device.type == "cpu"
+        if not every_step and t is not None:
             pending = getattr(self, "_finite_pending", None)
             if pending is None:
                 self._finite_pending, self._finite_since = finite, batch_idx

@@ -263,8 +263,9 @@ def format_real(real: dict) -> str:
              f"  step {real['step_s_median']} s median, of which {real['data_s_median']} s loader + copy + "
              f"augmentation; CPU time per sample against the bench step's: {real['real_over_bench_cpu_time']}x"]
     if "epoch_end" in real:
-        lines.append(f"  epoch end (s): {real['epoch_end']}; the preset's whole training ({real['preset_batches_per_epoch']}"
-                     f" steps an epoch, {real['epoch_end_mean_s_est']} s epoch end on average) est. "
+        lines.append(f"  epoch end (s): {real['epoch_end']}; the preset's whole training "
+                     f"({real['preset_batches_per_epoch']} steps an epoch, {real['epoch_end_mean_s_est']} s epoch end "
+                     f"on average) est. "
                      f"{real['epoch_samples_per_s_est']} samples/s ({real['epoch_over_bench_est']}x)")
     if "gpu_utilization_pct" in real:
         lines.append(f"  GPU utilisation {real['gpu_utilization_pct']} % (NVML, mean over the timed steps)")

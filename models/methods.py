@@ -140,6 +140,9 @@ class BaseMethod(pl.LightningModule):
 
     # The parts of an SSL batch that `compute_loss` reads: "views" (two augmented copies), "x" (un-augmented).
     batch_inputs: tuple[str, ...] = ("views", "x")
+    # The non-finite check read on the host every step (True) or every log_every_n_steps steps (False);
+    # None: every step on a CPU only (see _check_finite).
+    finite_check_every_step: Optional[bool] = None
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -159,22 +162,63 @@ class BaseMethod(pl.LightningModule):
         x = batch["x"] if "x" in batch else batch["views"][0]
         return len(x[0])
 
-    def _log_all(self, out: dict, prefix: str, batch: dict, train: bool):
+    def _log_all(self, out: dict, prefix: str, batch: dict, train: bool, batch_idx: int = 0):
         if self._trainer is None:
             return
         bs = self._batch_size(batch)
+        if train and not self._log_step(batch_idx):
+            # Lightning's `log` costs about 0.7 ms of host time per key, and the logger only writes on its steps:
+            # between them the loss alone (progress lines, the epoch summary read it).
+            out = {"loss": out["loss"]}
         for k, v in out.items():
+            # Not prog_bar for per-step values: Lightning turns progress-bar values into Python numbers after
+            # every batch, a host-device sync per step (the progress bar reads train/loss itself, throttled).
             self.log(f"{prefix}/{k}", v.detach() if isinstance(v, torch.Tensor) else v, batch_size=bs,
-                     on_step=train, on_epoch=not train, sync_dist=not train, prog_bar=(k == "loss"))
+                     on_step=train, on_epoch=not train, sync_dist=not train, prog_bar=(k == "loss" and not train))
 
     def training_step(self, batch: dict, batch_idx: int):
         out = self.compute_loss(batch)
         loss = out["loss"]
-        if not bool(torch.isfinite(loss.detach()).all()):
+        self._check_finite(loss, batch_idx)
+        self._log_all(out, "train", batch, train=True, batch_idx=batch_idx)
+        return loss
+
+    def _log_step(self, batch_idx: int) -> bool:
+        """Whether the logger writes this training step (Lightning's rule: the step count + 1 is a multiple of
+        log_every_n_steps), or it is the epoch's last batch (the epoch summaries read the values logged last)."""
+        t = self._trainer
+        if t is None:
+            return True
+        every = max(1, int(getattr(t, "log_every_n_steps", 1) or 1))
+        return (t.global_step + 1) % every == 0 or batch_idx + 1 >= getattr(t, "num_training_batches", float("inf"))
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise NonFiniteLossError on a NaN or infinite training loss. On a CPU every step, before its update.
+        On an accelerator reading the flag is a host-device sync that keeps the host from queueing the next step,
+        so the flags accumulate on the device and are read every `log_every_n_steps` steps (when the telemetry
+        synchronises anyway) and at each epoch's last batch: the error comes up to that many steps late."""
+        finite = torch.isfinite(loss.detach()).all()
+        t = self._trainer
+        every_step = self.finite_check_every_step
+        if every_step is None:
+            every_step = loss.device.type == "cpu"
+        if not every_step and t is not None:
+            pending = getattr(self, "_finite_pending", None)
+            if pending is None:
+                self._finite_pending, self._finite_since = finite, batch_idx
+            else:
+                self._finite_pending = pending & finite
+            if not self._log_step(batch_idx):
+                return
+            finite, first = self._finite_pending, self._finite_since
+            self._finite_pending = None
+            if not bool(finite):
+                raise NonFiniteLossError(f"training loss became non-finite at epoch {self.current_epoch}, between "
+                                         f"batch {first} and batch {batch_idx}")
+            return
+        if not bool(finite):
             raise NonFiniteLossError(f"training loss is {loss.item()} at epoch {self.current_epoch}, "
                                      f"batch {batch_idx}")
-        self._log_all(out, "train", batch, train=True)
-        return loss
 
     def validation_step(self, batch: dict, batch_idx: int):
         out = self.compute_loss(batch)

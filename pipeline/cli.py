@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimisations", action="store_true",
                    help="also measure batch augmentation, uint8 batches, channels_last and bf16 one by one")
     p.add_argument("--no-memory", action="store_true", help="CPU: skip the peak-memory runs (one process each)")
+    p.add_argument("--real-steps", type=int, default=0, metavar="N",
+                   help="also train N steps through the real pretrain path (loader, callbacks, W&B offline) and "
+                        "report its samples/s beside the bench step's")
     _add_overrides(p)
     _add_root(p)
 

@@ -90,9 +90,24 @@ class EpochBar(TQDMProgressBar):
         self.train_progress_bar.initial = 0
         self._t0 = time.time()
 
+    # Redraw at most this often (and at each bar's end): reading the loss for the bar is a host-device sync, and
+    # Lightning's default redraws after every batch.
+    refresh_s = 0.5
+
+    def _should_update(self, current: int, total: int) -> bool:
+        now = time.monotonic()
+        if not self.is_enabled or (current != total and now - getattr(self, "_drawn", 0.0) < self.refresh_s):
+            return False
+        self._drawn = now
+        return True
+
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
+        # per-step values are not logged to the bar (see BaseMethod._log_all): show the loss from here, throttled
+        loss = trainer.callback_metrics.get("train/loss") if trainer.training else None
+        if loss is not None:
+            items["train/loss"] = f"{float(loss):.3f}"
         return items
 
     def on_train_epoch_end(self, trainer, pl_module):

@@ -176,6 +176,39 @@ def test_non_finite_loss_raises():
         model.training_step(batch, 0)
 
 
+class NaNFrom(RandomSSL):
+    """RandomSSL whose samples from index `first` on carry a NaN (batch `first // batch size` onwards)."""
+
+    def __init__(self, mods, first, n=16):
+        super().__init__(mods, n)
+        self.first = first
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        if i >= self.first:
+            item["views"][0][1] = item["views"][0][1] * float("nan")
+        return item
+
+
+@pytest.mark.parametrize("every_step, where", [(True, "is nan at epoch 0, batch 1"),
+                                               (False, "non-finite at epoch 0, between batch 0 and batch 2")])
+def test_non_finite_loss_stops_the_trainer(every_step, where):
+    """Every step (a CPU's default): at the batch itself, before its update. Otherwise (an accelerator's default,
+    no host sync per step): on the next logging step, log_every_n_steps=3 here, naming the batches in between; the
+    non-finite update has been applied by then."""
+    mods = [MOD_TAB, MOD_SEQ]
+    model = build_method(make_cfg("comm", mods))
+    model.finite_check_every_step = every_step
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=3,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    with pytest.raises(NonFiniteLossError, match=where):
+        trainer.fit(model, DataLoader(NaNFrom(mods, first=4), batch_size=4))
+    # raised inside the batch's training step: batch 1 was never applied, or (late) batches 0 and 1 were
+    assert trainer.global_step == (1 if every_step else 2)
+    assert all(torch.isfinite(p).all() for p in model.parameters()) == every_step
+
+
 def test_checkpoint_carries_plain_config(tmp_path):
     cfg = make_cfg("infmasking", [MOD_TAB, MOD_SEQ])
     model = build_method(cfg)

@@ -28,6 +28,9 @@ resident set once the model and the raw batch are built (ru_maxrss growth where 
 
 By default the batch is synthetic uint8 data of the config's shape (no dataset needed); `--data` takes the first
 batch of the real training loader (downloading and preprocessing like `infmask pretrain`).
+
+`--real-steps N` also trains N steps through the real `infmask pretrain` path and reports its samples/s beside
+the bench step's (pipeline/stages/bench_real.py).
 """
 from __future__ import annotations
 
@@ -191,7 +194,9 @@ class _Batches:
             from data.base import TrifeaturesDataModule
 
             S = cfg.data.image_size
-            dm = TrifeaturesDataModule(Path(os.devnull), batch_size=B, image_size=S, check_integrity=False)
+            # the config's augmentation, as training applies it (crop scale, blur range)
+            dm = TrifeaturesDataModule(Path(os.devnull), batch_size=B, image_size=S, check_integrity=False,
+                                       crop_scale=tuple(cfg.data.crop_scale), blur_sigma=tuple(cfg.data.blur_sigma))
             dm.ssl_inputs = _batch_inputs(cfg)
             n = len(cfg.model.modalities)
             self.raw = {"raw": [torch.randint(0, 256, (B, S, S, 3), dtype=torch.uint8, generator=g)
@@ -662,7 +667,7 @@ def _loadavg():
 
 def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compare: str = "auto",
           device: str = "auto", threads: int | None = None, real_data: bool = False, savings: bool = False,
-          extras: bool = False, memory: bool = True, log=print) -> dict:
+          extras: bool = False, memory: bool = True, real_steps: int = 0, log=print) -> dict:
     import torch
 
     if steps < 1 or warmup < 0:
@@ -671,6 +676,10 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         if threads < 1:
             raise UsageError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    if real_steps:
+        from .bench_real import check
+
+        check(cfg, real_steps)
     if compare not in ("auto", "comm", "none"):
         raise UsageError(f"--compare must be auto, comm or none, got {compare!r}")
     dev = _device(device)
@@ -707,6 +716,13 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
             peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data)
             r.mem.append(peak["peak_bytes"])
             mem.how = peak["how"]
+    real = None
+    if real_steps:      # the real training loop, with the bench step timed between its steps
+        from .bench_real import real_loop
+
+        fast = runners[0]
+        real = real_loop(cfg, steps=real_steps, warmup=max(1, warmup), device=dev, bench_steps=steps, log=log,
+                         bench_step=lambda: fast._step(batches, real_clock, fast.forward_real, autocast)[:2])
     res = {"benchmark": cfg.benchmark, "method": cfg.method, "preset": cfg.preset, "config_hash": cfg.config_hash(),
            "batch_size": B, "image_size": cfg.data.image_size, "embed_dim": cfg.model.embed_dim,
            "num_mask": cfg.model.num_mask, "n_layers": cfg.model.n_layers, "steps": steps, "warmup": warmup,
@@ -730,6 +746,11 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         res["infmasking_over_comm_model"] = round(res["fast"]["model_step_s"] / res["comm"]["model_step_s"], 3)
     if "fast_eager" in res:
         res["compile_speedup"] = round(res["fast_eager"]["step_s"] / res["fast"]["step_s"], 3)
+    if real is not None:
+        from .bench_real import compare as compare_real
+
+        res["real_loop"] = real
+        compare_real(res, B)
     if savings and cfg.method == "infmasking":
         log("  fusion savings ...")
         res["fusion_savings"] = fusion_savings(runners[0].method, batches, dev)
@@ -768,6 +789,10 @@ def format_report(res: dict) -> str:
                      f"{res['infmasking_over_comm_model']}x)")
     if "compile_speedup" in res:
         lines.append(f"torch.compile (encoders) speed-up: {res['compile_speedup']}x")
+    if "real_loop" in res:
+        from .bench_real import format_real
+
+        lines.append(format_real(res["real_loop"]))
     for key in ("fusion_savings", "loss_savings", "optimisations"):
         if key in res:
             lines.append(f"{key}: {json.dumps(res[key])}")
@@ -799,7 +824,8 @@ def bench_cli(args) -> int:
                 compare=getattr(args, "compare", "auto"), device=getattr(args, "device", "auto"),
                 threads=getattr(args, "threads", None), real_data=bool(getattr(args, "data", False)),
                 savings=bool(getattr(args, "savings", False)), extras=bool(getattr(args, "optimisations", False)),
-                memory=not getattr(args, "no_memory", False), log=log)
+                memory=not getattr(args, "no_memory", False), real_steps=getattr(args, "real_steps", 0) or 0,
+                log=log)
     log(format_report(res))
     if args.json:
         _write_json(args.json, res)

@@ -92,9 +92,11 @@ def _exclusive(path: Path):
 
 
 def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = None,
-             keep_wandb_open: bool = False, stage: str = "pretrain", wandb_run_id: str | None = None) -> PretrainResult:
+             keep_wandb_open: bool = False, stage: str = "pretrain", wandb_run_id: str | None = None,
+             extra_callbacks: tuple = ()) -> PretrainResult:
     """Train `cfg`. `stage` names the W&B run and its job type (`trial`: pretrain + probe in one run);
-    `wandb_run_id`: the W&B run id to use (an `infmask sweep` trial's id) instead of one derived from the config."""
+    `wandb_run_id`: the W&B run id to use (an `infmask sweep` trial's id) instead of one derived from the config;
+    `extra_callbacks` go first in the list (`infmask bench --real-steps` times the loop with one)."""
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
@@ -113,7 +115,7 @@ def pretrain(cfg, ws: Workspace, *, force: bool = False, sweep_id: str | None = 
 
     telemetry = TelemetryCallback(every_n_steps=cfg.trainer.log_every_n_steps)
     preemption = PreemptionCheckpoint(last)
-    callbacks = [telemetry, MetricsFileCallback(cfg.run_id, run_dir, store, telemetry),
+    callbacks = [*extra_callbacks, telemetry, MetricsFileCallback(cfg.run_id, run_dir, store, telemetry),
                  # last.ckpt at every epoch end. Not save_last=True with save_top_k=0: since Lightning 2.6 that
                  # writes last.ckpt only when training ends, so a killed run would restart from scratch.
                  ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, save_last=False,
@@ -206,6 +208,8 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     dm = datamodule_for(cfg, ws)
     model = build_method(cfg.to_dict())
     dm.ssl_inputs = model.batch_inputs
+    if hasattr(dm, "pin_memory") and _root_device_type(trainer) == "cuda":
+        dm.pin_memory = True  # page-locked batches: the copy to the GPU runs asynchronously, beside the host
     if trainer.world_size > 1:
         # Same initial weights on every rank (and DDP broadcasts rank 0's anyway); from here on the augmentation and
         # masking draws differ per rank, or every rank would apply the same crops and masks to its own samples. The
@@ -305,6 +309,13 @@ def _keep_one_checkpoint(kept: Path, ckpt_dir: Path) -> None:
     for other in ("last.ckpt", "best.ckpt"):
         if other != kept.name:
             (ckpt_dir / other).unlink(missing_ok=True)
+
+
+def _root_device_type(trainer) -> str | None:
+    try:
+        return trainer.strategy.root_device.type
+    except Exception:  # a strategy that resolves its device only when it launches
+        return None
 
 
 def _describe_device(trainer) -> str:

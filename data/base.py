@@ -141,10 +141,14 @@ class BenchmarkDataModule(pl.LightningDataModule):
             return {"x": [self.prepare_input(i, m) for i, m in enumerate(raw)], "y": batch["y"]}
         out = {}
         if "views" in self.ssl_inputs:
-            out["views"] = [[self.augment(i, m) for i, m in enumerate(raw)] for _ in range(2)]
+            out["views"] = [self.augment_view(batch), self.augment_view(batch)]
         if "x" in self.ssl_inputs:
             out["x"] = [self.prepare_input(i, m) for i, m in enumerate(raw)]
         return out
+
+    def augment_view(self, batch: dict) -> list[torch.Tensor]:
+        """One augmented view of every modality of a raw batch (each modality augmented on its own)."""
+        return [self.augment(i, m) for i, m in enumerate(batch["raw"])]
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         return self.transform_batch(batch)

@@ -265,19 +265,8 @@ class MultiBenchDataModule(BenchmarkDataModule):
             return [self._apply(i, ops, m, lengths, coins) for i, m in enumerate(raw)]
         return [self._apply(i, self.pipelines[i], m, lengths, None) for i, m in enumerate(raw)]
 
-    def transform_batch(self, batch: dict) -> dict:
-        if not isinstance(batch, dict) or "raw" not in batch:
-            return batch
-        raw = batch["raw"]
-        if "y" in batch:
-            return {"x": [self.prepare_input(i, m) for i, m in enumerate(raw)], "y": batch["y"]}
-        lengths = batch.get("lengths")
-        out = {}
-        if "views" in self.ssl_inputs:
-            out["views"] = [self.augment_all(raw, lengths), self.augment_all(raw, lengths)]
-        if "x" in self.ssl_inputs:
-            out["x"] = [self.prepare_input(i, m) for i, m in enumerate(raw)]
-        return out
+    def augment_view(self, batch: dict) -> list[torch.Tensor]:
+        return self.augment_all(batch["raw"], batch.get("lengths"))
 
 
 class AffectDataModule(MultiBenchDataModule):

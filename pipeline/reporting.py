@@ -1135,6 +1135,33 @@ def _final_val(grp: pd.DataFrame, monitor: str) -> float:
     return float(sel.loc[sel["step"] == sel["step"].max(), "value"].mean()) if not sel.empty else -math.inf
 
 
+def _draw_groups(ax, groups, labels: dict, handles: dict, pick, scale: float) -> bool:
+    """Thin line per run (seed), thick mean per group, in the group's colour (and line style past 10 groups);
+    `pick(grp)` selects the rows of one panel. Fills `handles` for one figure legend; True if anything was drawn."""
+    styles = ("-", "--", ":", "-.")
+    drew = False
+    for k, ((method, h), grp) in enumerate(groups):
+        sel = pick(grp)
+        if sel.empty:
+            continue
+        color, style = f"C{k % 10}", styles[(k // 10) % len(styles)]
+        for _, run in sel.groupby("run_id"):
+            run = run.sort_values("step")
+            ax.plot(run["step"] + 1, run["value"] * scale, color=color, alpha=0.3, linewidth=0.8, linestyle=style)
+        mean = sel.groupby("step")["value"].mean() * scale
+        line, = ax.plot(mean.index + 1, mean.values, color=color, linewidth=2, marker="o", markersize=3,
+                        linestyle=style)
+        handles.setdefault((method, h), (line, f"{labels.get((method, h), method)} (n={grp['run_id'].nunique()})"))
+        drew = True
+    return drew
+
+
+def _group_legend(fig, handles: dict) -> None:
+    if handles:  # one legend for the figure: the groups are the same in every panel
+        fig.legend([h for h, _ in handles.values()], [t for _, t in handles.values()], fontsize=7,
+                   loc="outside lower center", ncols=min(3, len(handles)))
+
+
 def plot_training_curves(curves: pd.DataFrame, title: str, path: Path, max_groups: int | None = None) -> Path:
     """Training loss, per-epoch validation probe and throughput against epoch: thin lines per run (seed), thick
     mean per group (config without seed), every group labelled in hyper-parameters; epochs counted from 1, as on
@@ -1153,36 +1180,18 @@ def plot_training_curves(curves: pd.DataFrame, title: str, path: Path, max_group
     from matplotlib.ticker import MaxNLocator
 
     handles = {}
-    styles = ("-", "--", ":", "-.")
     for ax, (split, metric, label) in zip(axes, CURVE_PANELS):
         metric = metric or monitor
         scale = metric_scale(metric) if split == "val" else 1.0
-        drew = False
-        for k, ((method, h), grp) in enumerate(groups):
-            sel = grp[(grp["split"] == split) & (grp["metric"] == metric) & (grp["task"] == "all")
-                      & grp["value"].notna()]
-            if sel.empty:
-                continue
-            color, style = f"C{k % 10}", styles[(k // 10) % len(styles)]
-            for _, run in sel.groupby("run_id"):
-                run = run.sort_values("step")
-                ax.plot(run["step"] + 1, run["value"] * scale, color=color, alpha=0.3, linewidth=0.8,
-                        linestyle=style)
-            mean = sel.groupby("step")["value"].mean() * scale
-            line, = ax.plot(mean.index + 1, mean.values, color=color, linewidth=2, marker="o", markersize=3,
-                            linestyle=style)
-            handles.setdefault((method, h), (line, f"{labels.get((method, h), method)} "
-                                                   f"(n={grp['run_id'].nunique()})"))
-            drew = True
+        drew = _draw_groups(ax, groups, labels, handles, scale=scale, pick=lambda g, split=split, metric=metric: g[
+            (g["split"] == split) & (g["metric"] == metric) & (g["task"] == "all") & g["value"].notna()])
         if not drew:
             ax.text(0.5, 0.5, f"no {split} {metric} rows", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel("epoch (from 1, as the progress lines count)")
         ax.set_title(f"{label}" + (f": {metric} ×{scale:g}" if split == "val" else ""), fontsize=9)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if handles:  # one legend for the figure: the groups are the same in every panel
-        fig.legend([h for h, _ in handles.values()], [t for _, t in handles.values()], fontsize=7,
-                   loc="outside lower center", ncols=min(3, len(handles)))
+    _group_legend(fig, handles)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
@@ -1216,19 +1225,8 @@ def plot_task_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
     handles = {}
     for ax, (task, metric) in zip(axes, panels):
         scale = metric_scale(metric)
-        for k, ((method, h), grp) in enumerate(groups):
-            sel = grp[(grp["split"] == "val") & (grp["task"] == task) & (grp["metric"] == metric)
-                      & grp["value"].notna()]
-            if sel.empty:
-                continue
-            color = f"C{k % 10}"
-            for _, run in sel.groupby("run_id"):
-                run = run.sort_values("step")
-                ax.plot(run["step"] + 1, run["value"] * scale, color=color, alpha=0.3, linewidth=0.8)
-            mean = sel.groupby("step")["value"].mean() * scale
-            line, = ax.plot(mean.index + 1, mean.values, color=color, linewidth=2, marker="o", markersize=3)
-            handles.setdefault((method, h), (line, f"{labels.get((method, h), method)} "
-                                                   f"(n={grp['run_id'].nunique()})"))
+        _draw_groups(ax, groups, labels, handles, scale=scale, pick=lambda g, task=task, metric=metric: g[
+            (g["split"] == "val") & (g["task"] == task) & (g["metric"] == metric) & g["value"].notna()])
         if metric in ("acc1", "roc_auc") and task == "synergy":
             ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
         ax.set_title(f"{task}: {metric} ×{scale:g}", fontsize=9)
@@ -1236,9 +1234,7 @@ def plot_task_curves(curves: pd.DataFrame, title: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     if not panels:
         axes[0].text(0.5, 0.5, "no per-task validation rows", ha="center", va="center", transform=axes[0].transAxes)
-    if handles:
-        fig.legend([h for h, _ in handles.values()], [t for _, t in handles.values()], fontsize=7,
-                   loc="outside lower center", ncols=min(3, len(handles)))
+    _group_legend(fig, handles)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 

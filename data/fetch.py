@@ -304,8 +304,8 @@ def verify_file(path: str | os.PathLike, *, expected_sha256: str | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m data.fetch URL DEST [--sha256 H] [--size N] [--tofu-store F]``: exit 0, or 2 on failure."""
-    ap = argparse.ArgumentParser(prog="python -m data.fetch", description=__doc__.splitlines()[0])
+    """``python -m infmask.data.fetch URL DEST [--sha256 H] [--size N] [--tofu-store F]``: exit 0, or 2 on failure."""
+    ap = argparse.ArgumentParser(prog="python -m infmask.data.fetch", description=__doc__.splitlines()[0])
     ap.add_argument("url")
     ap.add_argument("dest", type=Path)
     ap.add_argument("--sha256")

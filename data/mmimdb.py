@@ -520,7 +520,7 @@ class PosterTransforms:
     """Device-side image transforms on uint8 canvases: SSL view, probe input (centre crop); both normalised."""
 
     def __init__(self, image_size: int, norm: str = "imagenet", crop_scale: tuple = (0.08, 1.0)):
-        from models.clip_towers import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+        from infmask.models.clip_towers import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 
         from .augment import ImageSSLAugment
 
@@ -575,7 +575,7 @@ class MMIMDbDataModule(BenchmarkDataModule):
                  pin_memory: bool = False):
         super().__init__(batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
                          pin_memory=pin_memory)
-        from models.clip_towers import TokenMasker
+        from infmask.models.clip_towers import TokenMasker
 
         self.index_dir, self.raw_dir = Path(index_dir), Path(raw_dir)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)

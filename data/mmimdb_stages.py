@@ -39,7 +39,7 @@ def index_dir(ws) -> Path:
 
 
 def _usage(msg: str):
-    from pipeline.errors import UsageError
+    from infmask.errors import UsageError
 
     return UsageError(msg)
 
@@ -66,7 +66,7 @@ def _archive_check(path: Path) -> None:
 
 
 def download(ws, entry, *, data_seed: int = 42, force: bool = False, base_url: str | None = None, **_) -> Path:
-    from pipeline.workspace import atomic_write_text
+    from infmask.workspace import atomic_write_text
 
     from . import acquire, fetch, safe_io
     from .trust_store import TrustStoreError
@@ -125,7 +125,7 @@ def _tower_kwargs(cfg) -> tuple[dict, dict]:
 
 def tower_paths(cfg) -> tuple[Path, Path]:
     """Local directories of the image and text towers; a usage error naming what to fetch when absent."""
-    from models import clip_towers as ct
+    from infmask.models import clip_towers as ct
 
     img_kw, txt_kw = _tower_kwargs(cfg)
     try:
@@ -187,7 +187,7 @@ def preprocess(ws, entry, cfg, *, force: bool = False, **_) -> Path:
 # ------------------------------------------------------------------------------------------------- data module
 
 def _online_datamodule(ws, cfg):
-    from models import clip_towers as ct
+    from infmask.models import clip_towers as ct
 
     d = cfg.data
     img_path, txt_path = tower_paths(cfg)
@@ -218,7 +218,7 @@ def _online_datamodule(ws, cfg):
 
 
 def cache_key(ws, cfg, dm) -> tuple[str, dict]:
-    from models import clip_towers as ct
+    from infmask.models import clip_towers as ct
 
     img_path, txt_path = tower_paths(cfg)
     d = cfg.data
@@ -258,7 +258,7 @@ def cache_dir(ws, cfg, dm=None) -> Path:
 
 
 def _ensure_cache(ws, cfg, force: bool = False) -> Path:
-    from models import clip_towers as ct
+    from infmask.models import clip_towers as ct
 
     d = cfg.data  # data.cache_copies is checked with the config (an even number >= 2)
     dm = _online_datamodule(ws, cfg)

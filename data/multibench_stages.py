@@ -41,7 +41,7 @@ _DEEP_VERIFY_MAX_BYTES = 2 << 30  # above this a processed set is checked by siz
 
 
 def _usage(msg: str):
-    from pipeline.errors import UsageError
+    from infmask.errors import UsageError
 
     return UsageError(msg)
 
@@ -61,7 +61,7 @@ def processed_dir(ws, cfg) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from pipeline.workspace import atomic_write_text
+    from infmask.workspace import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

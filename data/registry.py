@@ -53,25 +53,25 @@ DATASETS: dict[str, DatasetEntry] = {
         name="trifeatures", kind="generated",
         description="Synthetic shapes x textures x colours (Hermann & Lampinen 2020); 2400 train + 200 test images",
         benchmarks=("trifeatures",),
-        download="data.trifeatures_stages:download", preprocess="data.trifeatures_stages:preprocess"),
+        download="infmask.data.trifeatures_stages:download", preprocess="infmask.data.trifeatures_stages:preprocess"),
     "mosi": DatasetEntry(
         name="mosi", kind="public",
         description="CMU-MOSI sentiment, MultiBench processed pickle (vision 20, audio 5, text 300; 50 steps)",
         benchmarks=("mosi",),
         files=(RemoteFile("mosi_data.pkl", _drive("1_XdzdW8UNG1TTS6QcX10uhoS6N11OBit"), approx_size="unknown"),),
-        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+        download="infmask.data.multibench_stages:download", preprocess="infmask.data.multibench_stages:preprocess"),
     "humor": DatasetEntry(
         name="humor", kind="public",
         description="UR-FUNNY humour detection, MultiBench processed pickle (vision 371, audio 81, text 300)",
         benchmarks=("humor", "humor_3mod"),
         files=(RemoteFile("humor.pkl", _drive("1L5slPmYyhEVtwGyM1kgcFMjeBpXLZGT0"), approx_size="unknown"),),
-        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+        download="infmask.data.multibench_stages:download", preprocess="infmask.data.multibench_stages:preprocess"),
     "sarcasm": DatasetEntry(
         name="sarcasm", kind="public",
         description="MUStARD sarcasm detection, MultiBench processed pickle (vision 371, audio 81, text 300)",
         benchmarks=("sarcasm",),
         files=(RemoteFile("sarcasm.pkl", _drive("1EMBUmUL5B0PTncGx3L-sBElGOmjFBR_h"), approx_size="unknown"),),
-        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+        download="infmask.data.multibench_stages:download", preprocess="infmask.data.multibench_stages:preprocess"),
     "mimic": DatasetEntry(
         name="mimic", kind="credentialed",
         description="MIMIC-III ICU records, MultiBench preprocessed im.pk (static 5 + 24x12 time series)",
@@ -82,21 +82,21 @@ DATASETS: dict[str, DatasetEntry] = {
             "use agreement at https://physionet.org/content/mimiciii/ (see https://mimic.mit.edu). 2) Ask the "
             "MultiBench maintainers for the preprocessed file im.pk (route described in MultiBench's README, "
             "github.com/pliang279/MultiBench). 3) Place it at {path} and rerun `infmask download mimic` to verify it."),
-        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+        download="infmask.data.multibench_stages:download", preprocess="infmask.data.multibench_stages:preprocess"),
     "visionandtouch": DatasetEntry(
         name="visionandtouch", kind="public",
         description="Vision&Touch robot manipulation (Lee et al. 2019): ~3000 HDF5 episodes (image, force, proprio, contact)",
         benchmarks=("visionandtouch", "visionandtouch_bin", "visionandtouch_bin_3mod"),
         files=(RemoteFile("triangle_real_data.zip", "http://downloads.cs.stanford.edu/juno/triangle_real_data.zip",
                           approx_size="about 11 GB", extract=True),),
-        download="data.multibench_stages:download", preprocess="data.multibench_stages:preprocess"),
+        download="infmask.data.multibench_stages:download", preprocess="infmask.data.multibench_stages:preprocess"),
     "mmimdb": DatasetEntry(
         name="mmimdb", kind="public",
         description="MM-IMDb posters + plots, 23 genres multilabel (Arevalo et al. 2017); 15552/2608/7799 split",
         benchmarks=("mmimdb",),
         files=(RemoteFile("mmimdb.tar.gz", "https://archive.org/download/mmimdb/mmimdb.tar.gz",
                           approx_size="about 8 GB", extract=True),),
-        download="data.mmimdb_stages:download", preprocess="data.mmimdb_stages:preprocess"),
+        download="infmask.data.mmimdb_stages:download", preprocess="infmask.data.mmimdb_stages:preprocess"),
 }
 
 

@@ -35,7 +35,7 @@ from .durable import write_json_atomic
 from .sniff import describe_head, looks_like_html
 from .urls import redact_text
 
-log = logging.getLogger("data.fetch")
+log = logging.getLogger("infmask.data.fetch")
 
 # Seconds between plain progress log lines when stderr is not a terminal (tests lower it).
 _LOG_EVERY = 10.0

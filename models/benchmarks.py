@@ -109,7 +109,7 @@ def loss_memory_report(B: int = 1024, P: int = 256, T: int = 8, n: int = 2, devi
     """Peak memory of the loss's forward + backward, closed form vs explicit covariance, one fresh process each."""
     out = {}
     for kind in FORMULATIONS:
-        code = ("import json, sys; from models.benchmarks import measure_peak_here; "
+        code = ("import json, sys; from infmask.models.benchmarks import measure_peak_here; "
                 f"print(json.dumps(measure_peak_here({kind!r}, {B}, {P}, {T}, {n}, {device!r})))")
         env = {**os.environ, "PYTHONPATH": _PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", "")}
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)

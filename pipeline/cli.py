@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = list(sys.argv[1:])
         # W&B records the command line of every run it starts (and `wandb sync` uploads it): a mirror's
         # credentials (--base-url http://user:PASS@host, ?token=...) must not be in it.
-        from data.urls import redact_text
+        from infmask.data.urls import redact_text
 
         sys.argv[1:] = [redact_text(a) for a in argv]
     argv = list(argv)
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; syncable later with `wandb sync`
     os.environ.setdefault("WANDB_SILENT", "true")   # our own lines say where runs are and how to sync them
     from .config import ConfigError
-    from data.registry import UnknownDatasetError
+    from infmask.data.registry import UnknownDatasetError
     try:
         from .stages import run_stage
 

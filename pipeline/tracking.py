@@ -39,7 +39,7 @@ def wandb_enabled() -> bool:
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """git describe of the checkout when available, else the package version."""
-    from pipeline import __version__
+    from infmask import __version__
 
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"], capture_output=True,

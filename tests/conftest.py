@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# The code is imported as the installed `infmask` package (pip install -e .), never as top-level `pipeline`,
+# `models` or `data`; tests/ itself is on the path for the helpers.
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
 
 # One intra-op thread: the suite runs many small models on 2 cores beside W&B's own processes, where OpenMP
 # spin-waiting with 2 threads made steps several times slower. Inherited by subprocesses (trials, DDP ranks).

@@ -23,4 +23,4 @@ STAGE_FUNCTIONS = {
 
 def run_stage(stage: str, args) -> int:
     module, func = STAGE_FUNCTIONS[stage]
-    return int(getattr(importlib.import_module(f"pipeline.stages.{module}"), func)(args) or 0)
+    return int(getattr(importlib.import_module(f"infmask.stages.{module}"), func)(args) or 0)

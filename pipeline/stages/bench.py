@@ -191,7 +191,7 @@ class _Batches:
             self.transform = dm.transform_batch
             self.source = f"first batch of the {cfg.data.dataset} training loader"
         elif cfg.data.dataset == "trifeatures":
-            from data.base import TrifeaturesDataModule
+            from infmask.data.base import TrifeaturesDataModule
 
             S = cfg.data.image_size
             # the config's augmentation, as training applies it (crop scale, blur range)
@@ -204,7 +204,7 @@ class _Batches:
             self.transform = dm.transform_batch
             self.source = f"synthetic uint8 images {B}x{S}x{S}x3, augmented on the device"
         else:
-            from models.benchmarks import random_inputs
+            from infmask.models.benchmarks import random_inputs
 
             model = cfg.to_dict()["model"]
             x = random_inputs(model, B, image_size=cfg.data.image_size, generator=g)
@@ -249,7 +249,7 @@ class _Batches:
 
 def _batch_inputs(cfg) -> tuple:
     """What the method's training step reads from an SSL batch (the real training loop makes only that)."""
-    from models.methods import METHODS
+    from infmask.models.methods import METHODS
 
     return METHODS[cfg.method].batch_inputs
 
@@ -341,7 +341,7 @@ class _Runner:
 def _build(cfg, device, precision: str):
     import torch
 
-    from models.methods import build_method
+    from infmask.models.methods import build_method
 
     torch.manual_seed(cfg.seed)
     method = build_method(cfg.to_dict()).to(device).train()
@@ -368,7 +368,7 @@ def _compile_encoders(method):
 
 def make_runner(name: str, cfg, device, precision: str) -> "_Runner":
     """One formulation, built from cfg.seed: every formulation starts from the same initial weights."""
-    from models import step_phases
+    from infmask.models import step_phases
 
     if name == "comm":
         cfg = build_config(cfg.benchmark, "comm", cfg.preset, seed=cfg.seed, overrides=_shared_overrides(cfg))
@@ -425,7 +425,7 @@ def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: b
                        "real_data": real_data}, default=str)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    code = "import sys; from pipeline.stages.bench import memory_child; memory_child(sys.argv[1])"
+    code = "import sys; from infmask.stages.bench import memory_child; memory_child(sys.argv[1])"
     res = subprocess.run([sys.executable, "-c", code, spec], capture_output=True, text=True, env=env, cwd=root,
                          check=False)
     for line in res.stdout.splitlines()[::-1]:
@@ -454,7 +454,7 @@ def fusion_savings(method, batches, device, reps: int = 3) -> dict:
     CLS-only last layer (the fast path). (a) and (b)-(d) compute the same outputs for the full set."""
     import torch
 
-    from models.fusion import keep_count, random_keep_mask
+    from infmask.models.fusion import keep_count, random_keep_mask
 
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     enc = method.encoder
@@ -522,7 +522,7 @@ def fusion_savings(method, batches, device, reps: int = 3) -> dict:
 
 def loss_savings(method, device, reps: int = 5) -> dict:
     """The loss alone at this config's sizes: closed form vs explicit per-sample covariance (forward+backward)."""
-    from models.benchmarks import loss_timing_report
+    from infmask.models.benchmarks import loss_timing_report
 
     m = method.hparams_model
     rep = loss_timing_report(batch_sizes=(int(method.cfg["data"]["batch_size"]),), P=int(m["head_out"]),
@@ -554,7 +554,7 @@ def optimisations(cfg, method, batches, device, reps: int = 3) -> dict:
         images = [t for t in moved["raw"] if t.ndim == 4 and t.dtype == torch.uint8]
         if images:
             # one image view: our batched ops (crop+flip as one grid_sample, no host sync) vs kornia's
-            from data.augment import ImageSSLAugment
+            from infmask.data.augment import ImageSSLAugment
 
             size = int(getattr(cfg.data, "image_size", images[0].shape[-2]))
             scale = tuple(getattr(cfg.data, "crop_scale", (0.08, 1.0)))
@@ -580,7 +580,7 @@ def optimisations(cfg, method, batches, device, reps: int = 3) -> dict:
     batch = batches.make()
     cnn = [i for i, m in enumerate(cfg.model.modalities) if m.get("encoder") in ("alexnet", "resnet18")]
     if enc is not None and cnn:
-        from models.encoders import build_encoder
+        from infmask.models.encoders import build_encoder
 
         i = cnn[0]
         spec = cfg.model.modalities[i]
@@ -596,7 +596,7 @@ def optimisations(cfg, method, batches, device, reps: int = 3) -> dict:
         out["channels_last"] = res
     # bf16 autocast: step forward + backward time and the loss on the same weights, batch and masks
     if cfg.method in SPLIT_METHODS:
-        from models import step_phases
+        from infmask.models import step_phases
 
         def loss_with(ctx, seed=0):
             torch.manual_seed(seed)

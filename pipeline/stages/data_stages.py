@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from data.registry import DATASETS, dataset_for
+from infmask.data.registry import DATASETS, dataset_for
 
 from ..config import benchmark_spec, build_config
 from ..errors import UsageError
@@ -34,7 +34,7 @@ def download_cli(args) -> int:
         raise UsageError("name a dataset (or --list); valid: " + ", ".join(DATASETS))
     entry = dataset_for(args.dataset)
     if args.base_url:
-        from data.urls import BadMirrorURL, check_base_url
+        from infmask.data.urls import BadMirrorURL, check_base_url
 
         try:
             check_base_url(args.base_url)

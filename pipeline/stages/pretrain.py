@@ -180,7 +180,7 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
     import torch
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from models.methods import NonFiniteLossError, build_method
+    from infmask.models.methods import NonFiniteLossError, build_method
 
     from ..callbacks import PreemptionRequested
     from ..tracking import code_version, scrub, wandb_id

@@ -37,7 +37,7 @@ def load_checkpoint(path: Path) -> tuple[dict, Config]:
 
 def load_model(ckpt: dict, cfg: Config, path: Path):
     """The method of ``cfg`` with the checkpoint's weights; a usage error if they do not fit its config."""
-    from models.methods import build_method
+    from infmask.models.methods import build_method
 
     model = build_method(cfg.to_dict())
     try:

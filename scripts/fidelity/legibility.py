@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from data import trifeatures as tf
-from data.augment import ImageSSLAugment, ImageProbeTransform
-from models.encoders import ConvTrunk
+from infmask.data import trifeatures as tf
+from infmask.data.augment import ImageSSLAugment, ImageProbeTransform
+from infmask.models.encoders import ConvTrunk
 
 
 def images(size: int, render: int):

@@ -14,10 +14,10 @@ import json
 import numpy as np
 import torch
 
-from pipeline import probing
-from pipeline.stages.data_stages import datamodule_for
-from pipeline.stages.probe import load_checkpoint
-from pipeline.workspace import Workspace
+from infmask import probing
+from infmask.stages.data_stages import datamodule_for
+from infmask.stages.probe import load_checkpoint
+from infmask.workspace import Workspace
 
 
 def main():
@@ -28,7 +28,7 @@ def main():
     p.add_argument("--tasks", default="share,unique1,synergy")
     a = p.parse_args()
     torch.set_num_threads(1)
-    from models.methods import build_method
+    from infmask.models.methods import build_method
 
     ckpt, cfg = load_checkpoint(a.checkpoint)
     model = build_method(cfg.to_dict())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def open_rounds(root: str, rounds: int, barrier, queue, worker: int) -> None:
-    from pipeline.store import ResultsStore
+    from infmask.store import ResultsStore
 
     failures = []
     for r in range(rounds):

@@ -1,4 +1,4 @@
-"""Batch augmentations that run on the training device (SPEC §3.0, §3.1).
+"""Batch augmentations that run on the training device.
 
 Images arrive as uint8 batches straight from the loader, (B, H, W, 3) or (B, 3, H, W); the whole batch is
 augmented at once with kornia, each sample drawing its own parameters. The sequence augmentations (`noise`, `drop`)
@@ -345,7 +345,7 @@ def noise(x: torch.Tensor, std: float = 0.1, p: float = 0.5, coin: torch.Tensor 
           generator: torch.Generator | None = None) -> torch.Tensor:
     """x + N(0, std²) element-wise on the samples whose coin comes up (probability p each); x is (B, ...).
 
-    ``coin`` (bool, (B,)) overrides the draw, so a joint pipeline can share one coin across modalities (SPEC §3.0).
+    ``coin`` (bool, (B,)) overrides the draw, so a joint pipeline can share one coin across modalities.
     """
     if std < 0:
         raise ValueError(f"std: must be >= 0, got {std}")

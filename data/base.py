@@ -162,7 +162,7 @@ class BenchmarkDataModule(pl.LightningDataModule):
 
 
 class TrifeaturesDataModule(BenchmarkDataModule):
-    """Bimodal Trifeatures (SPEC §3.1) from a ``trifeatures.preprocess`` directory.
+    """Bimodal Trifeatures from a ``trifeatures.preprocess`` directory.
 
     SSL batches come from the biased or unbiased pairs of the split (SSL val = the val split, carved from train
     combinations); probe batches always use the unbiased pairs, with labels share / unique1 / unique2 / synergy.

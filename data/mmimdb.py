@@ -1,4 +1,4 @@
-"""MM-IMDb (Arevalo et al. 2017; SPEC §3.6): index, poster/plot loading, frozen-feature cache, data module.
+"""MM-IMDb (Arevalo et al. 2017): index, poster/plot loading, frozen-feature cache, data module.
 
 Raw layout (the public ``mmimdb.tar.gz``, extracted)::
 

@@ -1,4 +1,4 @@
-"""MultiBench preprocessing (SPEC §3.2-§3.5): the affect pickles (MOSI, UR-FUNNY, MUSTARD), MIMIC-III's ``im.pk``
+"""MultiBench preprocessing: the affect pickles (MOSI, UR-FUNNY, MUSTARD), MIMIC-III's ``im.pk``
 and the Vision&Touch HDF5 episodes, each turned into one canonical set of ``.npy`` arrays.
 
 Every raw file is untrusted: pickles go through ``safe_io.safe_unpickle`` and every array is checked against the
@@ -11,7 +11,7 @@ Processed layouts (``<split>`` in train / val / test)::
              text_<split>.npy   (N, 50, 300) float32   to the front: rows [0, length) hold the sample, the rest 0
              audio_<split>.npy  (N, 50, d_a) float32
              length_<split>.npy (N,) int64             50 - start, in [1, 50]
-             label_<split>.npy  (N,) int64             1 if label > 0 else 0 (every dataset, SPEC §1.10 #7)
+             label_<split>.npy  (N,) int64             1 if label > 0 else 0 (every dataset, the reference)
              label_raw_<split>.npy (N,) float32        the pickle's label, for reference
     mimic    static_<split>.npy (N, 5) float32         z-scored with statistics over all N patients
              timeseries_<split>.npy (N, 24, 12) float32
@@ -50,7 +50,7 @@ SPLITS = ("train", "val", "test")
 AFFECT_DATASETS = ("mosi", "humor", "sarcasm")
 AFFECT_MODALITIES = ("vision", "text", "audio")
 AFFECT_SEQ_LEN = 50
-AFFECT_DIMS = {  # SPEC §3.2 (MOSI audio from the 3-modality config)
+AFFECT_DIMS = {  # the reference (MOSI audio from the 3-modality config)
     "mosi": {"vision": 20, "audio": 5, "text": 300},
     "humor": {"vision": 371, "audio": 81, "text": 300},
     "sarcasm": {"vision": 371, "audio": 81, "text": 300},
@@ -255,7 +255,7 @@ def _labels(arr: np.ndarray, n: int, where: str, key: str) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ affect
 
 def validate_affect(data, dataset: str, source: str = "pickle") -> None:
-    """Raise SchemaError unless ``data`` is the MultiBench affect layout with the SPEC's feature sizes."""
+    """Raise SchemaError unless ``data`` is the MultiBench affect layout with the reference's feature sizes."""
     if dataset not in AFFECT_DIMS:
         raise ValueError(f"dataset: must be one of {', '.join(AFFECT_DATASETS)}, got {dataset!r}")
     if not isinstance(data, dict):
@@ -287,7 +287,7 @@ def _align_front(x: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 def process_affect_split(part: dict, dataset: str) -> tuple[dict[str, np.ndarray], dict]:
-    """SPEC §3.2 on one split: drop all-zero text, audio -inf -> 0 (and any other non-finite -> 0), crop each
+    """The reference's cleaning of one split: drop all-zero text, audio -inf -> 0 (and any other non-finite -> 0), crop each
     sample at its first non-zero text row, binarise labels > 0. Returns arrays and counts."""
     n0 = len(np.asarray(part["text"]))
     text_raw = np.asarray(part["text"])
@@ -477,7 +477,7 @@ def _h5_dataset(f, key: str, where: str):
 
 
 def read_vt_episode(path: Path, file_index: int, data_seed: int) -> dict[str, np.ndarray]:
-    """The 49 items of one episode file, as the arrays of the processed layout (SPEC §3.4)."""
+    """The 49 items of one episode file, as the arrays of the processed layout."""
     import h5py
 
     where = str(path)

@@ -1,4 +1,4 @@
-"""Lightning data modules of the MultiBench benchmarks (SPEC §3.0, §3.2-§3.5) over ``data.multibench`` arrays.
+"""Lightning data modules of the MultiBench benchmarks over ``data.multibench`` arrays.
 
 Loaders fetch whole batches by fancy-indexing memory-mapped arrays (``__getitems__``); augmentation runs in
 ``on_after_batch_transfer`` on the training device, like Trifeatures.
@@ -7,7 +7,7 @@ Augmentation spec (``augmentations``), as in the reference:
 
 * a string, e.g. ``"drop+noise"``: one pipeline over all modalities; each ``+`` step is applied with p = 0.5 on a
   per-sample coin **shared by the modalities** (``drop`` still draws its own fraction and rows per modality,
-  SPEC §1.10 #8);
+  the reference);
 * a list, e.g. ``["simclr", "noise+drop"]``: one pipeline per modality, independent coins;
 * steps: ``noise`` (x + N(0, 0.1²)), ``drop`` (zero round(f·T) rows, f ~ U(0, 0.8)), ``simclr`` (image views,
   always applied).

@@ -5,7 +5,7 @@ Kinds:
   public        downloaded anonymously from the URLs below
   credentialed  needs an access agreement; the user places the file, we verify it (MIMIC-III)
 
-Published checksums are unknown for the public files (SPEC §3.2), so `sha256` is None and the first verified
+Published checksums are unknown for the public files, so `sha256` is None and the first verified
 download is recorded in the workspace (trust on first use) and checked afterwards.
 The `download` / `preprocess` fields name the functions (module:function) that implement each stage; they are
 imported only when used so that `infmask download --list` stays fast.

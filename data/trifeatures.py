@@ -1,4 +1,4 @@
-"""Trifeatures (Hermann & Lampinen, NeurIPS 2020): generator, bimodal pairs, tasks and preprocessing (SPEC §3.1).
+"""Trifeatures (Hermann & Lampinen, NeurIPS 2020): generator, bimodal pairs, tasks and preprocessing.
 
 Raw layout (``generate``)::
 
@@ -72,7 +72,7 @@ LABEL_COLUMNS = ("split", "index", "filename", "shape", "texture", "colour", "sh
 
 
 def shape_template(name: str, size: int = 128) -> np.ndarray:
-    """Binary (size, size) uint8 template of a shape; the SPEC's formulas at size 128, scaled constants otherwise."""
+    """Binary (size, size) uint8 template of a shape; the reference's formulas at size 128, scaled constants otherwise."""
     if name not in SHAPES:
         raise ValueError(f"name: unknown shape {name!r}; valid: {', '.join(SHAPES)}")
     if size < 8:
@@ -184,7 +184,7 @@ class _TextureBank:
 
 
 def texture_pattern(name: str, rng: np.random.Generator, n: int = 448, o_x: int = 0, o_y: int = 0) -> np.ndarray:
-    """Binary (n, n) uint8 texture with offsets (SPEC §3.1 table); unrotated."""
+    """Binary (n, n) uint8 texture with offsets (the reference table); unrotated."""
     if name not in TEXTURES:
         raise ValueError(f"name: unknown texture {name!r}; valid: {', '.join(TEXTURES)}")
     if name in ("noise", "rain"):
@@ -214,14 +214,14 @@ class Renderer:
         if not isinstance(size, (int, np.integer)) or size < 32:
             raise ValueError(f"size: must be an integer >= 32, got {size!r}")
         self.size = int(size)
-        # SPEC geometry at 224: 128-px templates, 448-px texture canvas, centre crop [112:336].
+        # The reference's geometry at 224: 128-px templates, 448-px texture canvas, centre crop [112:336].
         self.template_size = int(round(self.size * 128 / 224))
         self.texture_size = 2 * self.size
         self.templates = {s: shape_template(s, self.template_size) for s in SHAPES}
         self.textures = _TextureBank(self.texture_size)
 
     def masks(self, shape: int, texture: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(shape mask, texture mask) on the size x size canvas, both binary uint8; RNG calls in the SPEC's order."""
+        """(shape mask, texture mask) on the size x size canvas, both binary uint8; RNG calls in the reference's order."""
         size = self.size
         angle = int(rng.integers(-45, 45))
         # uint8 in, uint8 out: scipy rounds the bilinear result, i.e. thresholds at 0.5, so the mask stays binary.
@@ -455,7 +455,7 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
                                          shape=(len(entries[split]), size, size, 3))
         for split in ("train", "test")
     }
-    # Render in enumeration order (the RNG order of the SPEC), interleaving splits as the reference does.
+    # Render in enumeration order (the reference's RNG order), interleaving splits as the reference does.
     cursor = {"train": 0, "test": 0}
     total = len(entries["train"]) + len(entries["test"])
     done, next_report = 0, 0.1

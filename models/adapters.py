@@ -1,4 +1,4 @@
-"""Input adapters (SPEC §1.2): turn an encoder output into a sequence of `dim_tokens`-wide tokens.
+"""Input adapters: turn an encoder output into a sequence of `dim_tokens`-wide tokens.
 
 Constructed as `ADAPTERS[name](dim_tokens=E, **adapter_kwargs)`.
 """
@@ -59,7 +59,7 @@ class PatchedAdapter(nn.Module):
 class FeaturesAdapter(nn.Module):
     """"Feature tokenizer": (B, F) -> (B, F, E), token i = x_i * W_i + b_i, W and b initialised N(0, 1).
 
-    `weight` gets weight decay and `bias` does not (SPEC §1.8 goes by name).
+    `weight` gets weight decay and `bias` does not (the reference goes by name).
     """
 
     def __init__(self, n_features: int, dim_tokens: int):

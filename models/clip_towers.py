@@ -1,4 +1,4 @@
-"""Frozen CLIP towers for MM-IMDb (SPEC §1.2, §3.6), registered as ENCODERS "clip_image" and "clip_text".
+"""Frozen CLIP towers for MM-IMDb, registered as ENCODERS "clip_image" and "clip_text".
 
 What each tower returns, exactly:
 
@@ -212,7 +212,7 @@ def mask_token_ids(ids: torch.Tensor, prob: float, mask_id: int, special_ids: Se
 
 
 class TokenMasker:
-    """The text tower's training-time token masking (SPEC §1.2), built from its tokenizer.
+    """The text tower's training-time token masking, built from its tokenizer.
 
     The reference's DistilBERT tokenizer has a [MASK] token. CLIP's BPE vocabulary has none, so masked positions
     get the tokenizer's unknown token (for CLIP ``<|endoftext|>``, the same id as its end-of-text token)."""

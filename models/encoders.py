@@ -1,4 +1,4 @@
-"""Per-modality encoders (SPEC §1.2), all written here: no torchvision, no timm.
+"""Per-modality encoders, all written here: no torchvision, no timm.
 
 Every encoder exposes `out_dim`, the size of its feature axis (channels for CNN maps, the token width for
 sequences, the vector size otherwise), so the baselines can size their projections without a dummy forward.

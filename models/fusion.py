@@ -1,4 +1,4 @@
-"""Fusion transformer (SPEC §1.3), random masked views (SPEC §1.5) and the multimodal encoder (SPEC §1.1).
+"""Fusion transformer, random masked views and the multimodal encoder.
 
 Two implementations of the same function, chosen by `fast`:
 
@@ -20,7 +20,7 @@ Two implementations of the same function, chosen by `fast`:
 
 Key-padding masks (True = padding) refer to the original token positions. In a masked view a padded position
 is ignored as a key whether it was kept or masked, so the mask token's multiplicity counts only masked
-positions that are not padding. The reference never passes padding on its training path (SPEC §1.10 #1); the
+positions that are not padding. The reference never passes padding on its training path; the
 multimodal encoder's `mask_padding` chooses.
 """
 from __future__ import annotations
@@ -399,7 +399,7 @@ def _has_batchnorm(module: nn.Module) -> bool:
 
 
 class MultimodalEncoder(nn.Module):
-    """Per-modality encoders and adapters, then the shared fusion transformer (SPEC §1.1, §1.4, §1.5).
+    """Per-modality encoders and adapters, then the shared fusion transformer.
 
     Encoders and adapters run once per input copy; their tokens are reused for every subset and masked view.
     Copies passed together to `forward_copies` share one encoder call per modality when the encoder has no

@@ -1,4 +1,4 @@
-"""Projection head (SPEC §1.6) and a BatchNorm that normalises several stacked batches as if one at a time.
+"""Projection head and a BatchNorm that normalises several stacked batches as if one at a time.
 
 The reference calls the head once per (B, E) tensor (each subset, each masked view), so in training every call
 normalises with the statistics of its own B rows. Stacking G such tensors into one (G*B, E) call would change

@@ -1,4 +1,4 @@
-"""Losses as pure functions of tensors (SPEC §1.7, §2).
+"""Losses as pure functions of tensors.
 
 Every public loss L2-normalises its inputs and all-gathers them across ranks (gradient to the local slice) before
 computing, as the reference does; on one device the gather is the identity. Losses run in float32 at least:
@@ -111,7 +111,7 @@ def mask_ratio_schedule(mask_lambda: float, epoch: int, max_epochs: int) -> floa
 # --------------------------------------------------------------------------------------------------------------
 # NT-Xent
 # --------------------------------------------------------------------------------------------------------------
-# The SPEC writes NT-Xent as 2B rows of 2B logits. The same numbers come from log-sum-exps over the blocks,
+# The reference writes NT-Xent as 2B rows of 2B logits. The same numbers come from log-sum-exps over the blocks,
 # combined with logaddexp, which never concatenates the blocks and lets the self-similarity block of a tensor,
 # shared by several terms (z_n enters every L_i and the mask loss), be computed once.
 def _offdiag(S: torch.Tensor) -> torch.Tensor:
@@ -140,12 +140,12 @@ def _nce_from(A: torch.Tensor, lse_u: torch.Tensor, lse_v: torch.Tensor):
 
 
 def _nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float):
-    """NT-Xent (SPEC §1.7 step 1) on normalised, gathered u, v (B, P) -> (loss, accuracy in %)."""
+    """NT-Xent on normalised, gathered u, v (B, P) -> (loss, accuracy in %)."""
     return _nce_from((u @ v.t()).div_(temperature), _self_lse(u, temperature), _self_lse(v, temperature))
 
 
 def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float):
-    """Symmetric NT-Xent (SimCLR; SPEC §1.7 step 1) -> (loss, ssl accuracy in %)."""
+    """Symmetric NT-Xent (SimCLR; the reference step 1) -> (loss, ssl accuracy in %)."""
     _check_pair("u", u, "v", v)
     temperature = _check_temperature(temperature)
     with _full_precision(u.device.type):
@@ -157,7 +157,7 @@ def nt_xent(u: torch.Tensor, v: torch.Tensor, temperature: float):
 # --------------------------------------------------------------------------------------------------------------
 def _mask_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, ratio: float,
                q_self_lse: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Mask loss on normalised, gathered q (B, P) and k (T, B, P) (SPEC §1.7 step 2), closed form:
+    """Mask loss on normalised, gathered q (B, P) and k (T, B, P), closed form:
     M = mean_b CE([pos_b, negatives] / tau, 0) + r/(2 tau^2) mean_b q_b^T Sigma_b q_b,
     pos_b = q_b . mu_b + r/(2 tau) q_b^T Sigma_b q_b, with q_b^T Sigma_b q_b = (1/T) sum_t (q_b . (k_tb - mu_b))^2.
     Negatives: q_b . k_tj and q_b . q_j for j != b. `q_self_lse` is _self_lse(q, tau) if already computed."""
@@ -196,7 +196,7 @@ def _as_views(name: str, k, batch: int, dim: int) -> torch.Tensor:
 
 
 def mask_loss(q: torch.Tensor, k, temperature: float, ratio: float) -> torch.Tensor:
-    """InfMasking mask loss M(q, {k_t}) of one copy (SPEC §1.7 step 2): q (B, P) the unmasked full-set
+    """InfMasking mask loss M(q, {k_t}) of one copy: q (B, P) the unmasked full-set
     projection, k (T, B, P) its masked views; `ratio` is r = lambda (e+1)/E_max (>= 0, may exceed 1)."""
     if not isinstance(q, torch.Tensor) or q.ndim != 2:
         raise ValueError("q must be a 2-D tensor (B, P)")
@@ -208,7 +208,7 @@ def mask_loss(q: torch.Tensor, k, temperature: float, ratio: float) -> torch.Ten
 
 @torch.no_grad()
 def _stein_score(keys: torch.Tensor, eta: float = 0.01) -> torch.Tensor:
-    """Stein estimate of grad log q at each row of `keys` (B, P), SPEC §1.7 step 4."""
+    """Stein estimate of grad log q at each row of `keys` (B, P), the reference step 4."""
     B = keys.shape[0]
     sim = keys @ keys.t()
     k = B * B // 2
@@ -279,7 +279,7 @@ def _infonce_terms(z1: list, z2: list, temperature: float):
 def infmasking_loss(z1: Sequence[torch.Tensor], z2: Sequence[torch.Tensor], k1, k2, temperature: float,
                     ratio: float, weights: Optional[Sequence[float]] = None, cross: bool = False,
                     penalty: Optional[float] = None, only_mask_last: bool = False) -> dict:
-    """The InfMasking loss (SPEC §1.7).
+    """The InfMasking loss.
 
     z1, z2: n+1 projections (B, P) of the unmasked subsets [{1}, ..., {n}, all] of copies 1 and 2.
     k1, k2: masked views of the full set, (T, B, P) or a list of T (B, P).
@@ -325,7 +325,7 @@ def infmasking_loss(z1: Sequence[torch.Tensor], z2: Sequence[torch.Tensor], k1, 
 # --------------------------------------------------------------------------------------------------------------
 def comm_loss(z1: Sequence[torch.Tensor], z2: Sequence[torch.Tensor], temperature: float,
               weights: Optional[Sequence[float]] = None) -> dict:
-    """CoMM (SPEC §2): (1/(n+1)) sum_i w_i L_i over the n+1 subsets, L_i as in InfMasking."""
+    """CoMM: (1/(n+1)) sum_i w_i L_i over the n+1 subsets, L_i as in InfMasking."""
     _check_lists(z1, z2)
     temperature = _check_temperature(temperature)
     weights = _check_weights(weights, len(z1))
@@ -340,7 +340,7 @@ def comm_loss(z1: Sequence[torch.Tensor], z2: Sequence[torch.Tensor], temperatur
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> dict:
-    """CLIP loss (SPEC §2, Cross): symmetric cross-entropy of s a b^T against the diagonal.
+    """CLIP loss (Cross): symmetric cross-entropy of s a b^T against the diagonal.
 
     `logit_scale` is the multiplier s = exp(learned log-scale), as the reference passes it. Under DDP the local
     rows are compared with the other modality gathered from every rank and targets are offset by rank. The
@@ -366,7 +366,7 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> di
 
 def cross_self_loss(x_embed: Sequence[torch.Tensor], view1_embed: Sequence[torch.Tensor],
                     view2_embed: Sequence[torch.Tensor], temperature: float = 0.1, ssl_scale: float = 1.0) -> dict:
-    """Cross+Self (SPEC §2): cross-modal NT-Xent on un-augmented inputs plus per-modality SimCLR.
+    """Cross+Self: cross-modal NT-Xent on un-augmented inputs plus per-modality SimCLR.
 
     x_embed[m] = h_m f_m(x_m); view1_embed[m], view2_embed[m] = h_m f_m of the two augmentations of modality m.
     loss = mean over modality pairs of NT-Xent(x_i, x_j) + ssl_scale * mean_m NT-Xent(view1_m, view2_m); with two
@@ -399,7 +399,7 @@ def cross_self_loss(x_embed: Sequence[torch.Tensor], view1_embed: Sequence[torch
 
 
 def cmc_loss(zs: Sequence[torch.Tensor], temperature: float = 0.1) -> dict:
-    """CMC (SPEC §2): mean over all modality pairs (i < j) of NT-Xent(z_i, z_j).
+    """CMC: mean over all modality pairs (i < j) of NT-Xent(z_i, z_j).
     Keys: loss, ssl_acc (mean), ssl_loss_{i}_{j}, ssl_acc_{i}_{j}."""
     if not isinstance(zs, (list, tuple)) or len(zs) < 2:
         raise ValueError("zs must be a list of n >= 2 (B, P) tensors (wrong number of modalities)")

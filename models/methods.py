@@ -1,4 +1,4 @@
-"""One LightningModule per method (SPEC §1, §2) and the registry.
+"""One LightningModule per method and the registry.
 
 Every method takes the resolved config as a plain nested dict (`cfg`, see contract.md), builds its modules from
 `cfg["model"]`, and trains on SSL batches {"views": [v1, v2], "x": x} (lists of n modality tensors).
@@ -114,7 +114,7 @@ def encode_copies(encoder: nn.Module, xs: list) -> list:
 
 
 def parameter_groups(module: nn.Module, weight_decay: float) -> list:
-    """SPEC §1.8: weight decay on trainable parameters with ndim >= 2 whose name holds none of bias/ln/bn."""
+    """the reference: weight decay on trainable parameters with ndim >= 2 whose name holds none of bias/ln/bn."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
@@ -128,7 +128,7 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list:
 
 def warmup_cosine_lr(epoch: int, base_lr: float, warmup_epochs: int, max_epochs: int, start_lr: float,
                      min_lr: float) -> float:
-    """SPEC §1.8: linear warm-up from start_lr over `warmup_epochs` epochs, then cosine to min_lr."""
+    """the reference: linear warm-up from start_lr over `warmup_epochs` epochs, then cosine to min_lr."""
     if epoch < warmup_epochs:
         return start_lr + epoch * (base_lr - start_lr) / max(1, warmup_epochs - 1)
     span = max(1, max_epochs - warmup_epochs)
@@ -276,7 +276,7 @@ class BaseMethod(pl.LightningModule):
 
 
 class InfMasking(BaseMethod):
-    """Fusion encoder + projection head, trained with the InfMasking loss (SPEC §1)."""
+    """Fusion encoder + projection head, trained with the InfMasking loss."""
 
     batch_inputs = ("views",)
 
@@ -328,7 +328,7 @@ class InfMasking(BaseMethod):
 
 
 class CoMM(BaseMethod):
-    """The same fusion encoder and head without masked views, trained with the CoMM loss (SPEC §2)."""
+    """The same fusion encoder and head without masked views, trained with the CoMM loss."""
 
     batch_inputs = ("views",)
 
@@ -384,7 +384,7 @@ class _PerModality(BaseMethod):
 
 
 class Cross(_PerModality):
-    """CLIP-style cross-modal InfoNCE (SPEC §2): bias-free linear projections of the pooled encoder outputs and a
+    """CLIP-style cross-modal InfoNCE: bias-free linear projections of the pooled encoder outputs and a
     learnable logit scale, init log(1/0.07), clamped to [0, log 100] after every step. More than two modalities:
     the mean of the CLIP loss over all pairs."""
 
@@ -426,7 +426,7 @@ class Cross(_PerModality):
 
 
 class CrossSelf(_PerModality):
-    """Cross-modal InfoNCE on un-augmented inputs plus per-modality SimCLR on the two views (SPEC §2); heads are
+    """Cross-modal InfoNCE on un-augmented inputs plus per-modality SimCLR on the two views; heads are
     3-layer BN MLPs in -> 1024 -> 1024 -> 256. Probe features: the pooled encoder outputs, concatenated."""
 
     def __init__(self, cfg: dict):
@@ -451,7 +451,7 @@ class CrossSelf(_PerModality):
 
 
 class CMC(_PerModality):
-    """Contrastive Multiview Coding (SPEC §2): bias-free linear heads, NT-Xent averaged over all modality pairs,
+    """Contrastive Multiview Coding: bias-free linear heads, NT-Xent averaged over all modality pairs,
     on un-augmented inputs. Probe features: the pooled encoder outputs, concatenated."""
 
     batch_inputs = ("x",)

@@ -128,7 +128,7 @@ def reference_encoder_forward(encoder, x: Sequence, keep: Optional[list] = None,
         toks = [tokens_per_mod[m] for m in subset]
         seq = torch.cat(toks, dim=1)
         B, L, _ = seq.shape
-        z.append(fusion._run_reference(seq, None))     # training path: no padding mask (SPEC §1.3)
+        z.append(fusion._run_reference(seq, None))     # training path: no padding mask
         views = []
         for t in range(encoder.num_mask):
             if keep is not None:

@@ -98,7 +98,7 @@ def probe_split(datamodule, split: str, protocol: str) -> str:
 
 
 class ValProbeCallback(pl.Callback):
-    """The per-epoch linear probe on the validation split (SPEC §4, step 1): probe hyper-parameters chosen on a
+    """The per-epoch linear probe on the validation split: probe hyper-parameters chosen on a
     hold-out of the train features, scored on val. Drives best.ckpt and early stopping. Computed on rank 0 and
     broadcast, so every DDP rank logs the same value."""
 

@@ -93,7 +93,7 @@ class ModelConfig:
 class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    scheduler: str = "none"              # "none" | "warmup_cosine" (per epoch, SPEC §1.8)
+    scheduler: str = "none"              # "none" | "warmup_cosine" (per epoch)
     warmup_epochs: int = 10
     warmup_start_lr: float = 1e-6
     min_lr: float = 1e-6

@@ -1,4 +1,4 @@
-"""Linear probes (SPEC §4), with the evaluation protocol kept honest.
+"""Linear probes, with the evaluation protocol kept honest.
 
 Protocol ("clean", the default): the regularisation is chosen on the validation split, the probe is refit on
 train+val, and the test split is scored exactly once, at the end. Functions that choose (`select_and_fit`) never
@@ -9,7 +9,7 @@ Deviations from the reference, on purpose:
   the reference probes raw features): with lbfgs capped at max_iter iterations, short CPU runs' low-variance
   features otherwise left the probe unconverged near chance (measured: shape 17% raw vs 38% at C=1e4);
 - single-label probes are scikit-learn's multinomial LogisticRegression (squared L2 penalty, lbfgs), not the
-  reference's torch L-BFGS with a non-squared Frobenius penalty; the cost grid and bisection search are the SPEC's.
+  reference's torch L-BFGS with a non-squared Frobenius penalty; the cost grid and bisection search are the reference's.
 Kept as the reference: no class weighting, so a weak signal on an imbalanced task (Trifeatures synergy, ~10 %
 positives) is scored at chance by balanced accuracy; its AUROC, also recorded, tells a weak signal from none.
 """
@@ -158,7 +158,7 @@ def score(kind: str, model, X, y) -> dict[str, float]:
 # -------------------------------------------------------------------------------------------- selection
 
 def search_cost(evaluate_cost, costs, fastsearch: bool, goal: str = "max") -> tuple[float, dict]:
-    """SPEC §4: coarse grid, then (unless fastsearch) bisection over 29 log-spaced values around the best.
+    """the reference: coarse grid, then (unless fastsearch) bisection over 29 log-spaced values around the best.
     `evaluate_cost(c) -> score` is called at most once per cost; the first best wins."""
     cache: dict[float, float] = {}
     better = (lambda a, b: a > b) if goal == "max" else (lambda a, b: a < b)
@@ -261,6 +261,6 @@ def evaluate(kind: str, result: ProbeResult, test) -> dict[str, float]:
 
 
 def mean_over_tasks(per_task: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The unsuffixed metric is the mean over tasks (SPEC §4: what checkpointing monitors)."""
+    """The unsuffixed metric is the mean over tasks (what checkpointing monitors)."""
     keys = set.intersection(*(set(v) for v in per_task.values())) if per_task else set()
     return {k: float(np.mean([v[k] for v in per_task.values()])) for k in sorted(keys)}

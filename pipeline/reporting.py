@@ -618,7 +618,7 @@ def _paper_cells(spec: TableSpec, paper: pd.DataFrame) -> tuple[list[tuple[str, 
 
 
 def _selection_default(col: Column) -> tuple[str, str]:
-    """SPEC §4's monitored keys: val mse (min) for regression, f1_mean for multilabel, acc1 otherwise."""
+    """the reference's monitored keys: val mse (min) for regression, f1_mean for multilabel, acc1 otherwise."""
     if col.metric in ("mse", "r2", "pearson_r"):
         return "mse", "min"
     if col.metric.startswith("f1"):

@@ -1,4 +1,4 @@
-"""Batch augmentations: image views (kornia) and the sequence noise / drop of SPEC §3.0."""
+"""Batch augmentations: image views (kornia) and the sequence noise / drop of the reference."""
 
 import pytest
 import torch

@@ -24,7 +24,7 @@ def raw32(tmp_path_factory):
     return out
 
 # ---------------------------------------------------------------------------------------------------------------
-# Oracles: the SPEC §3.1 tables written out pixel by pixel (slow and obvious, S = 128 / 10-px textures).
+# Oracles: the reference tables written out pixel by pixel (slow and obvious, S = 128 / 10-px textures).
 
 
 def shape_oracle(name, i, j):

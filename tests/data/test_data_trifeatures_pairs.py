@@ -118,7 +118,7 @@ def test_pairs_share_shape_biased_pairs_are_correlated_and_synergy_is_about_ten_
         assert set(np.unique(labels[:, 0])) == set(range(10))
     train = T.load_processed(proc32, "train")
     assert len(train["pairs_unbiased"]) == len(train["pairs_biased"]) == 10000
-    # ≈576k allowed on the 2400-image train split (SPEC), fewer on the 2160 kept here
+    # ≈576k allowed on the 2400-image train split (the reference), fewer on the 2160 kept here
     assert 400_000 < len(T.allowed_pairs(train["attributes"], perm, False)) < 520_000
 
 

@@ -1,4 +1,4 @@
-"""MultiBench data modules: batches, padding, the SPEC §3.0 augmentation pipelines (shared coins), splits."""
+"""MultiBench data modules: batches, padding, the reference augmentation pipelines (shared coins), splits."""
 from __future__ import annotations
 
 import pickle

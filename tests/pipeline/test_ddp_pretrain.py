@@ -1,4 +1,4 @@
-"""Acceptance (issue 10): one smoke run on 2 CPU processes (Lightning `ddp`, gloo). `infmask trial` pretrains
+"""DDP: one smoke run on 2 CPU processes (Lightning `ddp`, gloo). `infmask trial` pretrains
 with DDP and probes on rank 0: it completes, the results store holds one run with one set of probe metrics, one
 offline W&B run exists, and the data was sharded by Lightning's DistributedSampler."""
 import json

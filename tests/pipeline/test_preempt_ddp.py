@@ -1,4 +1,4 @@
-"""Preemption under DDP (issue 10, Slurm): SIGTERM to every process of a 2-rank CPU pretrain at once, as srun,
+"""Preemption under DDP (Slurm): SIGTERM to every process of a 2-rank CPU pretrain at once, as srun,
 scancel and `kill -- -PGID` do (W&B's service process included). Every rank stops after the same batch without a
 deadlock, last.ckpt holds the mid-epoch state, the run is `preempted`, rank 0 exits 143; rerunning the same
 command resumes under DDP and finishes with each epoch once."""

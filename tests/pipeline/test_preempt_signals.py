@@ -1,4 +1,4 @@
-"""Preemption (issue 10 acceptance, issue 4 item 1): a signal to a running `infmask pretrain` mid-epoch saves
+"""Preemption: a signal to a running `infmask pretrain` mid-epoch saves
 `last.ckpt` (the mid-epoch state), marks the run `preempted` in the results store, exits 128 + signal, and the
 same command then resumes and finishes. SIGTERM is what Slurm and W&B agents send; SIGUSR1 is Slurm's
 `--signal=USR1@T` warning before the time limit and takes the same path."""

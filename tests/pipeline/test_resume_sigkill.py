@@ -1,4 +1,4 @@
-"""Acceptance (issue 4 item 1): `kill -9` of a pretraining part-way (after an epoch completed, during the next one);
+"""Resume: `kill -9` of a pretraining part-way (after an epoch completed, during the next one);
 the same command then resumes from the last completed epoch and finishes: no epoch duplicated in metrics.jsonl,
 the W&B run id unchanged, status `finished`."""
 import json

@@ -1,4 +1,4 @@
-"""Acceptance (issue 5): a real 2x2 grid of `infmask trial` at the smoke preset on Trifeatures, end to end with the
+"""Sweeps: a real 2x2 grid of `infmask trial` at the smoke preset on Trifeatures, end to end with the
 embedded runner: 4 trials recorded with their validation metric, 4 runs in the store tagged with the sweep, one
 offline W&B run per trial under the agent's run id, and the sweep report (best config, heat map)."""
 import os

@@ -10,7 +10,7 @@ from infmask.config import benchmark_spec, benchmarks
 from infmask.sweeping import _engine, load_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
-# SPEC §3.7: the paper's best (mask ratio, temperature) per benchmark, and the metric each sweep optimises
+# the reference: the paper's best (mask ratio, temperature) per benchmark, and the metric each sweep optimises
 PAPER_BEST = {"trifeatures": (0.7, 0.1), "mosi": (0.8, 0.1), "humor": (0.5, 0.05), "sarcasm": (0.5, 0.05),
               "mimic": (0.8, 0.2), "visionandtouch": (0.5, 0.1), "visionandtouch_bin": (0.7, 0.1),
               "humor_3mod": (0.5, 0.05), "visionandtouch_bin_3mod": (0.8, 0.1), "mmimdb": (0.8, 0.2)}

@@ -1,6 +1,6 @@
 """W&B setup (offline by default, WANDB_MODE respected).
 
-Rules learned the hard way (ENVIRONMENT.md §2, ANCHORS.md B5):
+Rules learned the hard way:
 - never pass `mode=`/`offline=` to wandb or WandbLogger: an explicit flag overrides WANDB_MODE=disabled;
   the CLI sets WANDB_MODE=offline in the environment when the user did not choose;
 - no checkpoints or models as artifacts (log_model=False); the results store and metrics.jsonl are the source of
@@ -82,7 +82,7 @@ def init_kwargs(cfg, ws, stage: str, *, resume_id: str | None = None) -> dict:
         tags=[cfg.benchmark, cfg.method, cfg.preset, f"code:{code_version()}", *cfg.tracking.tags],
         config=scrub(cfg.to_dict()), dir=str(ws.wandb_dir),
     )
-    if not in_sweep and resume_id:  # inside a sweep, W&B owns the run id (ANCHORS B4)
+    if not in_sweep and resume_id:  # inside a sweep, W&B owns the run id
         kw.update(id=resume_id, resume="allow")
     return kw
 

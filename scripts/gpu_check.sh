@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: every GPU figure the performance docs quote, from one run of a few minutes on one GPU.
+# The GPU check: every GPU figure docs/performance.md quotes, from one run of a few minutes on one GPU.
 #
 #   scripts/gpu_check.sh [OUT_DIR]              # default ./gpu_check_out; then read OUT_DIR/summary.txt
 #   GPU_CHECK_DRY=1 scripts/gpu_check.sh OUT    # the same sequence shrunk (smoke preset, CPU, few steps)

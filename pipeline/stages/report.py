@@ -155,7 +155,7 @@ def _report_sweeps(ws: Workspace, which: str, benchmark: str | None) -> tuple[di
 
 def _log_wandb(ws: Workspace, tables: dict, images: dict, config: dict) -> None:
     """One run, job_type='report'. Mode comes from WANDB_MODE only (an explicit mode= would override
-    WANDB_MODE=disabled, ENVIRONMENT.md §2); the CLI defaults it to offline."""
+    WANDB_MODE=disabled); the CLI defaults it to offline."""
     os.environ.setdefault("WANDB_MODE", "offline")
     if os.environ["WANDB_MODE"] == "disabled" or not tables:
         return

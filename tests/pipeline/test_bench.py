@@ -75,3 +75,16 @@ def test_bench_real_steps_rejects_bad_input(root, capsys):
     assert main(["bench", "trifeatures", "--preset", "smoke", "--no-baseline", "--compare", "none", "--no-memory",
                  "--steps", "1", "--real-steps", "2", "trainer.devices=2", "trainer.strategy=ddp"]) == 2
     assert "one process on one device" in capsys.readouterr().err
+
+
+def test_report_shows_the_coarse_breakdown_of_methods_without_phases():
+    from infmask.bench import format_report
+
+    fast = {"step_s": 1.0, "model_step_s": 0.5, "step_cpu_s": 1.0, "samples_per_s": 32.0,
+            "breakdown": {"augmentation": 0.5, "forward": 0.2, "backward": 0.25, "optimizer": 0.05, "total": 1.0}}
+    res = {"benchmark": "trifeatures", "method": "cross", "preset": "smoke", "batch_size": 32, "device": "cpu",
+           "device_name": "cpu", "precision": "32-true", "threads": 1, "load_avg": None, "data": "synthetic",
+           "fast": fast}
+    lines = format_report(res).splitlines()
+    assert [ln.split()[0] for ln in lines[lines.index("breakdown (s, phases synchronised):") + 1:]] == \
+        ["augmentation", "forward", "backward", "optimizer", "total"]

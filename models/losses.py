@@ -5,7 +5,7 @@ computing, as the reference does; on one device the gather is the identity. Loss
 inputs in half precision are upcast and autocast is switched off inside.
 
 The InfMasking mask loss uses the closed form q^T Sigma q = (1/T) sum_t (q . (k_t - mu))^2, so the per-sample
-(P, P) covariances are never built; `models.reference_impl` keeps the explicit formulation as an oracle.
+(P, P) covariances are never built; `models.reference` keeps the explicit formulation as an oracle.
 """
 from __future__ import annotations
 

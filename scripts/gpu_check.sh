@@ -14,8 +14,9 @@
 #    with the per-epoch validation probe (synergy) read from the results store.
 # Everything is written under OUT_DIR (JSON, logs, the workspace); summary.txt/summary.json gather the figures.
 #
-# Environment: PYTHON (default python, with torch for the GPU), GPU_CHECK_BUDGET_S (wall-time budget, default
-# 420), WANDB_MODE (default offline). No step needs the network once the packages are installed.
+# Environment: PYTHON (default python, with torch for the GPU and this checkout installed: pip install -e .),
+# GPU_CHECK_BUDGET_S (wall-time budget, default 420), WANDB_MODE (default offline). No step needs the network once
+# the packages are installed.
 set -uo pipefail
 
 OUT=${1:-./gpu_check_out}
@@ -23,8 +24,10 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python}
 BUDGET=${GPU_CHECK_BUDGET_S:-420}
-export WANDB_MODE=${WANDB_MODE:-offline} INFMASK_ROOT="$OUT/ws" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export WANDB_MODE=${WANDB_MODE:-offline} INFMASK_ROOT="$OUT/ws"
 START=$(date +%s)
+"$PY" -c "import infmask.bench" 2> /dev/null || { echo "gpu_check: $PY cannot import infmask; run" \
+    "'$PY -m pip install -e .' in $PWD first" >&2; exit 2; }
 
 if [ "${GPU_CHECK_DRY:-0}" = 1 ]; then
     # the dry run checks the script, not the figures: smallest preset, one CPU thread, no memory subprocesses
@@ -53,20 +56,20 @@ say "output in $OUT, preset $PRESET, budget ${BUDGET} s"
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"; git log -1 --oneline; } \
     > "$OUT/environment.txt" 2>&1
-run preprocess 300 "$PY" -m pipeline preprocess trifeatures --preset "$PRESET" || exit 1
+run preprocess 300 "$PY" -m infmask preprocess trifeatures --preset "$PRESET" || exit 1
 
 # 1. the bench step, both precisions
 for prec in bf16-mixed 32-true; do
-    run "bench_$prec" 240 "$PY" -m pipeline bench trifeatures --preset "$PRESET" --steps "$STEPS" \
+    run "bench_$prec" 240 "$PY" -m infmask bench trifeatures --preset "$PRESET" --steps "$STEPS" \
         --warmup "$WARMUP" --optimisations "${COMMON[@]}" --json "$OUT/bench_$prec.json" "trainer.precision=$prec"
 done
 
 # 2. real training against the bench step (the default precision of a GPU run), then with loader workers
-run real_bf16-mixed 300 "$PY" -m pipeline bench trifeatures --preset "$PRESET" --steps "$STEPS" --warmup "$WARMUP" \
+run real_bf16-mixed 300 "$PY" -m infmask bench trifeatures --preset "$PRESET" --steps "$STEPS" --warmup "$WARMUP" \
     --no-baseline --compare none --real-steps "$REAL" "${COMMON[@]}" --json "$OUT/real_bf16-mixed.json" \
     trainer.precision=bf16-mixed
 if [ "$(left)" -gt 150 ]; then
-    run "real_bf16-mixed_workers$WORKERS" 240 "$PY" -m pipeline bench trifeatures --preset "$PRESET" \
+    run "real_bf16-mixed_workers$WORKERS" 240 "$PY" -m infmask bench trifeatures --preset "$PRESET" \
         --steps "$STEPS" --warmup "$WARMUP" --no-baseline --compare none --real-steps "$REAL" "${COMMON[@]}" \
         --json "$OUT/real_bf16-mixed_workers$WORKERS.json" trainer.precision=bf16-mixed "data.num_workers=$WORKERS"
 fi
@@ -79,7 +82,7 @@ if [ "${EPOCHS:-0}" -ge 1 ]; then
     for method in infmasking comm; do   # a stopped run (timeout's SIGTERM) keeps its probed epochs
         limit=$(( ($(left) - 20) / share )); share=1
         [ "$limit" -gt 30 ] || { say "train_$method: no time left"; continue; }
-        run "train_$method" "$limit" "$PY" -m pipeline pretrain trifeatures --method "$method" \
+        run "train_$method" "$limit" "$PY" -m infmask pretrain trifeatures --method "$method" \
             --preset "$PRESET" data.biased=true "trainer.max_epochs=$EPOCHS"
     done
     "$PY" scripts/fidelity/curves.py --root "$OUT/ws" > "$OUT/synergy_curves.txt" 2>&1

@@ -5,7 +5,7 @@ import torch
 from infmask.models.adapters import NoAdapter
 from infmask.models.encoders import IdentityEncoder
 from infmask.models.fusion import FusionTransformer, MultimodalEncoder, keep_count, random_keep_mask
-from infmask.models.reference_impl import reference_encoder_forward
+from infmask.models.reference import reference_encoder_forward
 
 
 # ----------------------------------------------------------------------------------------------------- masking

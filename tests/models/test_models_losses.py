@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from infmask.models.losses import (clip_loss, cmc_loss, comm_loss, cross_self_loss, entropy_surrogate, gather_with_grad,
                            infmasking_loss, mask_loss, mask_ratio_schedule, nt_xent)
-from infmask.models.reference_impl import reference_infmasking_loss, reference_mask_loss
+from infmask.models.reference import reference_infmasking_loss, reference_mask_loss
 
 DT = torch.float64
 

@@ -1,7 +1,7 @@
 """The two formulations `infmask bench` compares compute the same training step.
 
 fast = the method's own step (shared mask token, CLS-only last layer, batched views, masked views of the full set
-only, closed-form loss); straightforward = models.step_phases.straightforward_forward (the reference's loops,
+only, closed-form loss); straightforward = models.reference.reference_step (the reference's loops,
 every token through every layer, masked views for every subset, explicit covariance). Same weights and masks:
 loss and gradients agree to 1e-10 in float64; in float32 the loss agrees to 1e-5 and the fast step's gradients are
 at least as close to the float64 ones as the straightforward step's.
@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
+from infmask.bench.step import training_step
 from infmask.models.fusion import random_keep_mask
 from infmask.models.methods import build_method
-from infmask.models.reference_impl import reference_infmasking_step
-from infmask.models.step_phases import fast_forward, straightforward_forward
+from infmask.models.reference import STEP_PHASES, reference_step
 
 IMAGE = {"name": "image", "encoder": "alexnet", "encoder_kwargs": {}, "adapter": "patched",
          "adapter_kwargs": {"num_channels": 256, "grid_size": 3}}
@@ -57,7 +57,7 @@ def _one(mods, B, dtype, formulation, keep, **model):
     if formulation == "fast":
         out = m.compute_loss(batch, keep=keep if m.encoder.mask_all_subsets else keep[-1:])
     else:
-        out = straightforward_forward(m, batch, keep1=[k[:, :B] for k in keep], keep2=[k[:, B:] for k in keep])
+        out = reference_step(m, batch, keep1=[k[:, :B] for k in keep], keep2=[k[:, B:] for k in keep])
     out["loss"].backward()
     return m, out["loss"].item(), _grads(m)
 
@@ -115,36 +115,62 @@ def test_fast_step_with_every_subset_masked_keeps_head_statistics():
         assert torch.allclose(x.double(), y.double(), atol=1e-12), name
 
 
-def test_phase_split_forwards_equal_the_real_ones():
+def _unmarked(method) -> bool:
+    """The bench's phase marks are gone: the class's own methods again, no forward hook left."""
+    return ("tokenize" not in vars(method.encoder) and "fuse" not in vars(method.encoder.fusion)
+            and not method.head._forward_hooks)
+
+
+def test_marked_training_step_is_the_real_one():
+    """The bench marks the phases of the method's own training step from outside: same loss as the unmarked step
+    (the same code, the same draws), the phases in order, and nothing left attached afterwards."""
+    mods = [TAB, SEQ]
+    for name in ("infmasking", "comm"):
+        torch.manual_seed(0)
+        m = build_method(make_cfg(name, mods)).double()
+        batch = make_batch(mods, 4, torch.float64)
+        torch.manual_seed(5)
+        real = m.training_step(batch, 0).item()
+        torch.manual_seed(5)
+        marks = []
+        marked = training_step(m, batch, marks.append).item()
+        assert marked == real, name
+        assert marks == ["encoders", "fusion", "head", "loss"], name
+        assert _unmarked(m)
+        marks = []
+        reference_step(m, batch, marks.append)
+        assert marks == list(STEP_PHASES)
+
+
+def test_reference_step_of_comm_equals_its_fast_step():
     mods = [TAB, SEQ]
     torch.manual_seed(0)
-    m = build_method(make_cfg("infmasking", mods)).double()
-    batch = make_batch(mods, 4, torch.float64)
-    torch.manual_seed(5)
-    real = m.compute_loss(batch)["loss"].item()
-    torch.manual_seed(5)
-    marks = []
-    split = fast_forward(m, batch, marks.append)["loss"].item()
-    assert abs(real - split) < 1e-12
-    assert marks == ["encoders", "fusion_unmasked", "fusion_masked", "head", "loss"]
-    ref = copy.deepcopy(m)
-    keep = _masks(m, 4, [10, 6])
-    k1, k2 = [k[:, :4] for k in keep], [k[:, 4:] for k in keep]
-    expect = reference_infmasking_step(ref, batch, keep1=k1, keep2=k2)["loss"].item()
-    assert abs(straightforward_forward(m, batch, keep1=k1, keep2=k2)["loss"].item() - expect) < 1e-12
-
     comm = build_method(make_cfg("comm", mods)).double()
+    batch = make_batch(mods, 4, torch.float64)
     a = comm.compute_loss(batch)["loss"]
-    b = straightforward_forward(comm, batch)["loss"]
-    c = fast_forward(comm, batch)["loss"]
-    assert abs(a.item() - b.item()) < 1e-10 and abs(a.item() - c.item()) < 1e-12
+    b = reference_step(copy.deepcopy(comm), batch)["loss"]
+    assert abs(a.item() - b.item()) < 1e-10
 
 
-def test_phase_split_rejects_other_methods():
+def test_phase_marks_reject_other_methods():
     cfg = make_cfg("cmc", [TAB, SEQ])
     cfg["model"]["cross_proj_dim"] = 8
+    method, batch = build_method(cfg), make_batch([TAB, SEQ], 4, torch.float32)
     with pytest.raises(ValueError, match="method"):
-        fast_forward(build_method(cfg), make_batch([TAB, SEQ], 4, torch.float32))
+        training_step(method, batch, lambda name: None)
+    with pytest.raises(ValueError, match="method"):
+        reference_step(method, batch)
+    assert training_step(method, batch).ndim == 0      # unmarked, every method's step runs
+
+
+def test_marks_are_removed_when_the_step_fails():
+    torch.manual_seed(0)
+    m = build_method(make_cfg("infmasking", [TAB, SEQ]))
+    bad = make_batch([TAB, SEQ], 4, torch.float32)
+    bad["views"][0] = bad["views"][0][:1]           # one modality short: the encoder's own check fails
+    with pytest.raises(ValueError):
+        training_step(m, bad, lambda name: None)
+    assert _unmarked(m)
 
 
 def test_losses_run_in_float32_under_bf16_autocast():

@@ -2,7 +2,7 @@
 
     infmask bench trifeatures --preset cpu --real-steps 40 --no-baseline --compare none --json bench.json
 
-The bench step (pipeline/stages/bench.py) times the model's work on a fixed batch. Real training adds the loader,
+The bench step (`infmask.bench.step`) times the model's work on a fixed batch. Real training adds the loader,
 the host-to-device copy, Lightning's loop, our callbacks (telemetry, metrics file, preemption), W&B logging and,
 at each epoch's end, the SSL validation loss, the validation probe and the checkpoint write. This runs that path
 unchanged (`pretrain()` with its own callbacks, W&B offline, the real datamodule) on a copy of the config trained
@@ -193,9 +193,9 @@ def real_loop(cfg, *, steps: int, warmup: int, device, bench_step=None, bench_st
     """Train `cfg` for `warmup + steps` steps through `pretrain()` and time it (see the module docstring); with
     `bench_step`, run it `bench_steps` times spread between the real steps, outside the timed stretches."""
     from ..config import Config
+    from ..stages.data_stages import datamodule_for, ensure_data
+    from ..stages.pretrain import pretrain
     from ..workspace import Workspace
-    from .data_stages import datamodule_for, ensure_data
-    from .pretrain import pretrain
 
     check(cfg, steps)
     ws = Workspace.open()

@@ -34,9 +34,9 @@ def pipeline_entry(argv: list[str], cwd: Path) -> int | None:
 
 
 def _first_values(params: dict) -> dict:
-    from .sweeping import _candidate_values
+    from .sweeping import candidate_values
 
-    return {name: _candidate_values(spec)[0] for name, spec in params.items() if _candidate_values(spec)}
+    return {name: candidate_values(spec)[0] for name, spec in params.items() if candidate_values(spec)}
 
 
 def check_command(spec, timeout: float = 120.0) -> None:
@@ -66,7 +66,7 @@ def check_command(spec, timeout: float = 120.0) -> None:
                              f"probe of one config, is what a sweep runs); {HINT}")
         if not any(m in command for m in PARAMETER_MACROS):
             raise UsageError(f"{src}: the command passes no parameters to the trial (no ${{args}}); {HINT}")
-        from .stages.trial import CHECK_ENV, CHECK_PASSED
+        from .trial_argv import CHECK_ENV, CHECK_PASSED
 
         env.update({CHECK_ENV: "1", "INFMASK_ROOT": str(Path(tmp) / "workspace")})
         try:

@@ -12,6 +12,9 @@ Conventions every function here keeps:
   written atomically.
 
 Modules, each importing only those above it:
+- `config_labels`: short hyper-parameter labels (method, ρ, τ, biased data) for legends, titles and table rows;
+- `run_selection`: which runs a table is built from (`RunFilter`), and how its footnote says so;
+- `sweep_pools`: which sweeps may share a figure, and the grid each was meant to cover;
 - `selection`: metric scale and direction, seed statistics, the validation-only choice of a config;
 - `load`: what a workspace holds, results, curves and the published numbers, read without creating anything;
 - `table_specs`: the paper's tables as data (`TABLES`);
@@ -20,16 +23,16 @@ Modules, each importing only those above it:
 - `figures`: sweep and table figures, and how every figure is drawn and saved;
 - `curves`: training curves per group of runs.
 """
-from ..run_selection import RunFilter
-from ..sweep_pools import SweepPool, fixed_text, sweep_pools
 from .curves import (CURVE_PANELS, curve_groups, curve_labels, plot_task_curves, plot_training_curves,
                      task_panels, throughput_summary)
 from .figures import (new_figure, plot_seed_strips, plot_sensitivity, plot_sweep_heatmap, safe_name,
                       save_figure)
 from .load import (PAPER_CSV, WorkspaceState, figures_dir, inspect_workspace, load_curves, load_paper,
                    load_results, open_store)
+from .run_selection import RunFilter
 from .selection import (METRIC_GOAL, METRIC_SCALE, STD_NOTE, SeedStats, Selection, format_mean_std, metric_goal,
                         metric_scale, monitored_metric, per_run_values, seed_stats, select_config)
+from .sweep_pools import SweepPool, fixed_text, sweep_pools
 from .sweeps import (SweepReport, best_of_grid, load_sweep_trials, load_sweeps, sweep_goal, sweep_grid,
                      sweep_metric, sweep_report)
 from .table_specs import BASE_NAMES, TABLE_NAMES, TABLES, Column, TableSpec, Variant

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config_labels import distinguishing_labels
+from .config_labels import distinguishing_labels
 from . import figures
 from .selection import metric_goal, metric_scale, monitored_metric
 

@@ -9,8 +9,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from ..config_labels import short_label
-from ..run_selection import RunFilter
+from .config_labels import short_label
+from .run_selection import RunFilter
 from .load import load_paper
 from .selection import (STD_NOTE, _better, format_mean_std, monitored_metric, per_run_values, seed_stats,
                         select_config)
@@ -254,7 +254,7 @@ def _fill_cell(rows: pd.DataFrame, col: Column) -> Cell:
 def build_table(results: pd.DataFrame, name: str, paper: pd.DataFrame | None = None,
                 runs: RunFilter | None = None) -> TableReport:
     """One paper table from `load_results()` rows: published rows in paper order, ours beside or below them.
-    `runs` says which runs it is built from (default: the runs outside sweeps; see pipeline/run_selection.py)."""
+    `runs` says which runs it is built from (default: the runs outside sweeps; see pipeline/reporting/run_selection.py)."""
     if name not in TABLES:
         raise ValueError(f"name: unknown table {name!r}; valid: {', '.join(TABLES)}")
     spec = TABLES[name]

@@ -32,7 +32,8 @@ def trial_cli(args) -> int:
         print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
                             header=header("trial", args, list(args.argv))), end="")
         return 0
-    if os.environ.get(CHECK_ENV) == "1":  # `infmask sweep` trying the command it will run (pipeline/sweep_command.py)
+    # `infmask sweep` trying the command it will run (pipeline/sweeping/command_check.py)
+    if os.environ.get(CHECK_ENV) == "1":
         print(f"{CHECK_PASSED} {cfg.run_id}")
         return 0
     ws = Workspace.open()

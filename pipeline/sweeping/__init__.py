@@ -24,11 +24,13 @@ Modules, each importing only those above it:
 - `engine`: W&B's sweep engine, its suggestions and its types;
 - `agent`: the parameter file, argv, environment and GPU pinning of a trial, as `wandb agent` makes them;
 - `spec`: the sweep file, checked (`load_sweep`, `SweepSpec`);
+- `command_check`: the sweep's trial command, run once in check mode before any trial starts;
 - `trials`: a trial's lock file, result JSON, status and metric;
 - `runner`: `SweepRunner` and `run_sweep` (`infmask sweep FILE`).
 The trial rows themselves are read and written through the results store (pipeline/store.py).
 """
 from .agent import build_argv, build_env, param_path, trial_command, worker_gpus, write_param_file
+from .command_check import check_command
 from .engine import load_engine, suggest, to_python, to_sweep_runs
 from .runner import ID_PATTERN, Active, Claim, SweepRunner, run_sweep
 from .spec import REPO_ROOT, SweepSpec, candidate_values, check_parameters, check_schema, load_sweep
@@ -36,6 +38,7 @@ from .trials import TRIAL_STATUSES, best_trial, metric_of, outcome, read_result
 
 __all__ = [
     "build_argv", "build_env", "param_path", "trial_command", "worker_gpus", "write_param_file",
+    "check_command",
     "load_engine", "suggest", "to_python", "to_sweep_runs",
     "ID_PATTERN", "Active", "Claim", "SweepRunner", "run_sweep",
     "REPO_ROOT", "SweepSpec", "candidate_values", "check_parameters", "check_schema", "load_sweep",

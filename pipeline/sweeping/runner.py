@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .agent import trial_command, worker_gpus
+from .command_check import check_command
 from .engine import suggest, to_python, to_sweep_runs
 from .spec import SweepSpec, load_sweep
 from .trials import (TRIAL_STATUSES, best_trial, kill_group, lock_is_free, metric_of, outcome, read_result,
@@ -361,7 +362,6 @@ class SweepRunner:
 def run_sweep(file, root=None, *, sweep_id=None, count=None, workers=1, retry_failed=False, out=None) -> int:
     """`infmask sweep FILE`: check everything, the trial command included (exit 2 before any trial starts), then
     run."""
-    from ..sweep_command import check_command
     from ..workspace import Workspace
 
     spec = load_sweep(file)

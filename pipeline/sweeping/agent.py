@@ -5,10 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # spec.py imports this module to check parameters with the agent's own argv
-    from .spec import SweepSpec
 
 
 def param_path(wandb_dir: str, sweep_id: str, run_id: str) -> str:
@@ -71,9 +67,11 @@ def build_env(base_env: dict, *, sweep_id: str, run_id: str, wandb_dir: str | No
     return env
 
 
-def trial_command(spec: SweepSpec, *, sweep_id: str, run_id: str, params: dict, base_env: dict, wandb_dir: str,
+def trial_command(spec, *, sweep_id: str, run_id: str, params: dict, base_env: dict, wandb_dir: str,
                   interpreter: str = sys.executable) -> tuple[list[str], dict]:
-    """argv and env for one trial; writes the parameter file (and the args JSON file where `command` asks)."""
+    """argv and env for one trial of `spec` (a SweepSpec: its config and nothing else is read, so this module needs
+    no import of spec.py, which imports it); writes the parameter file (and the args JSON file where `command`
+    asks)."""
     env = build_env(base_env, sweep_id=sweep_id, run_id=run_id, wandb_dir=wandb_dir,
                     project=spec.config.get("project") or base_env.get("WANDB_PROJECT") or "infmask",
                     entity=spec.config.get("entity"))

@@ -254,7 +254,8 @@ def _fill_cell(rows: pd.DataFrame, col: Column) -> Cell:
 def build_table(results: pd.DataFrame, name: str, paper: pd.DataFrame | None = None,
                 runs: RunFilter | None = None) -> TableReport:
     """One paper table from `load_results()` rows: published rows in paper order, ours beside or below them.
-    `runs` says which runs it is built from (default: the runs outside sweeps; see pipeline/reporting/run_selection.py)."""
+    `runs` says which runs it is built from (default: the runs outside sweeps; see run_selection.py beside this
+    module)."""
     if name not in TABLES:
         raise ValueError(f"name: unknown table {name!r}; valid: {', '.join(TABLES)}")
     spec = TABLES[name]

@@ -83,6 +83,14 @@ CREATE TABLE IF NOT EXISTS sweep_trials (
 
 RUN_STATUSES = ("pending", "running", "finished", "failed", "preempted")
 
+# One trial row per (sweep, index); a retried write replaces it, keeping a run id already known.
+_UPSERT_TRIAL = """
+INSERT INTO sweep_trials (sweep_id, trial_index, trial_id, params_json, status, run_id, metric_value, returncode,
+                          created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)
+ON CONFLICT(sweep_id, trial_index) DO UPDATE SET status=excluded.status,
+    run_id=COALESCE(excluded.run_id, sweep_trials.run_id), metric_value=excluded.metric_value,
+    returncode=excluded.returncode, updated_at=excluded.updated_at"""
+
 
 class StoreError(UsageError):
     """The results store cannot be opened or read (damaged, not a database, not a file)."""
@@ -242,6 +250,11 @@ class ResultsStore:
         return bool(self.query("SELECT 1 FROM metrics WHERE run_id=? AND stage=? AND split=? AND step=-1 LIMIT 1",
                                (run_id, stage, split)))
 
+    def delete_metrics(self, run_id: str) -> None:
+        """Forget every metric of a run (a forced rerun starts its curves and probe results afresh)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+
     # -------------------------------------------------------------------------------------------- frames
     def results_frame(self, benchmark: str | None = None, stage: str = "probe", final_only: bool = True) -> pd.DataFrame:
         """Seed-level results in one query: one row per (run, split, task, metric[, step])."""
@@ -260,6 +273,9 @@ class ResultsStore:
                 return pd.read_sql_query(sql, conn, params=params)
             finally:
                 conn.close()
+
+    def runs(self) -> list[dict]:
+        return [dict(r) for r in self.query("SELECT * FROM runs")]
 
     def runs_frame(self) -> pd.DataFrame:
         with self._guard():
@@ -283,20 +299,52 @@ class ResultsStore:
 
     def upsert_trial(self, sweep_id: str, trial_index: int, trial_id: str, params: dict, status: str,
                      run_id: str | None = None, metric_value: float | None = None,
-                     returncode: int | None = None) -> None:
+                     returncode: int | None = None, *, conn: sqlite3.Connection | None = None) -> None:
+        """Record a trial (a retried write replaces it; a known run id is kept when none is given). `conn`: write
+        inside that open transaction instead of a new one (a sweep runner's claim reads and writes in one)."""
         t = now()
+        row = (sweep_id, trial_index, trial_id, json.dumps(params, sort_keys=True), status, run_id, metric_value,
+               returncode, t, t)
+        if conn is not None:
+            conn.execute(_UPSERT_TRIAL, row)
+            return
         with self.transaction() as conn:
-            conn.execute(
-                """INSERT INTO sweep_trials (sweep_id, trial_index, trial_id, params_json, status, run_id,
-                                             metric_value, returncode, created_at, updated_at)
-                   VALUES (?,?,?,?,?,?,?,?,?,?)
-                   ON CONFLICT(sweep_id, trial_index) DO UPDATE SET status=excluded.status,
-                       run_id=COALESCE(excluded.run_id, sweep_trials.run_id),
-                       metric_value=excluded.metric_value, returncode=excluded.returncode,
-                       updated_at=excluded.updated_at""",
-                (sweep_id, trial_index, trial_id, json.dumps(params, sort_keys=True), status, run_id,
-                 metric_value, returncode, t, t))
+            conn.execute(_UPSERT_TRIAL, row)
 
-    def trials(self, sweep_id: str) -> list[dict]:
-        return [dict(r) for r in self.query("SELECT * FROM sweep_trials WHERE sweep_id=? ORDER BY trial_index",
-                                            (sweep_id,))]
+    def trials(self, sweep_id: str, *, conn: sqlite3.Connection | None = None) -> list[dict]:
+        """The sweep's trials in index order; `conn`: read inside that open transaction."""
+        sql, params = "SELECT * FROM sweep_trials WHERE sweep_id=? ORDER BY trial_index", (sweep_id,)
+        rows = conn.execute(sql, params).fetchall() if conn is not None else self.query(sql, params)
+        return [dict(r) for r in rows]
+
+    def get_sweep(self, sweep_id: str) -> dict | None:
+        rows = self.query("SELECT * FROM sweeps WHERE sweep_id=?", (sweep_id,))
+        return dict(rows[0]) if rows else None
+
+    # -------------------------------------------------------------------------------------------- reports
+    def counts(self) -> dict[str, int]:
+        """What the store holds: runs, runs with final probe test metrics (failed runs left out), runs with
+        per-epoch pretraining rows, sweeps and sweep trials."""
+        sql = {"runs": "SELECT COUNT(*) FROM runs",
+               "results": "SELECT COUNT(DISTINCT m.run_id) FROM metrics m JOIN runs r ON r.run_id = m.run_id "
+                          "WHERE m.stage='probe' AND m.split='test' AND m.step=-1 AND r.status != 'failed'",
+               "curves": "SELECT COUNT(DISTINCT run_id) FROM metrics WHERE stage='pretrain' AND step >= 0",
+               "sweeps": "SELECT COUNT(*) FROM sweeps",
+               "trials": "SELECT COUNT(*) FROM sweep_trials"}
+        return {what: int(self.query(q)[0][0]) for what, q in sql.items()}
+
+    def sweeps_with_trial_counts(self) -> list[sqlite3.Row]:
+        """Every sweep, oldest first, with its number of recorded trials (n_trials)."""
+        return self.query("SELECT s.*, (SELECT COUNT(*) FROM sweep_trials t WHERE t.sweep_id = s.sweep_id) "
+                          "AS n_trials FROM sweeps s ORDER BY s.created_at, s.sweep_id")
+
+    def trials_with_sweeps(self, sweep_ids: list[str] | None = None) -> list[sqlite3.Row]:
+        """Trials (of the given sweeps; None: of all) beside their sweep's name, benchmark, method and metric, in
+        (sweep, index) order."""
+        sql = ("SELECT t.*, s.name AS sweep_name, s.benchmark AS s_benchmark, s.method AS s_method, s.metric_name, "
+               "s.metric_goal FROM sweep_trials t JOIN sweeps s ON s.sweep_id = t.sweep_id")
+        if sweep_ids is not None:
+            if not sweep_ids:
+                return []
+            sql += f" WHERE t.sweep_id IN ({','.join('?' * len(sweep_ids))})"
+        return self.query(sql + " ORDER BY t.sweep_id, t.trial_index", sweep_ids or ())

@@ -198,8 +198,7 @@ def _train(cfg, ws: Workspace, store: ResultsStore, trainer, preemption, *, run_
         if force and run_dir.exists():
             shutil.rmtree(run_dir)
             salt = f"-{int(time.time())}"
-            with store.transaction() as conn:
-                conn.execute("DELETE FROM metrics WHERE run_id=?", (cfg.run_id,))
+            store.delete_metrics(cfg.run_id)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml",
                           __import__("yaml").safe_dump(scrub(cfg.to_dict()), sort_keys=False))

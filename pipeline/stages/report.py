@@ -6,7 +6,7 @@
     infmask report --table trifeatures --sweep ID    the table from that sweep's trials (and the sweep's report)
 
 Tables read the runs made outside sweeps unless --sweep names sweeps; --preset, --tag and --group narrow the runs
-(pipeline/run_selection.py); each table's footnote says which runs it read.
+(pipeline/reporting/run_selection.py); each table's footnote says which runs it read.
 
 Markdown goes to stdout; the same tables are written (atomically) to <root>/reports/ as .md, .csv (tidy, numeric)
 and .tex, sweep heat maps as PNG. Numbers are the mean ± sample std (ddof=1) over seeds of the test metric, at
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import reporting as R
 from ..errors import NothingToReport, UsageError
-from ..run_selection import RunFilter
+from ..reporting.run_selection import RunFilter
 from ..workspace import Workspace, atomic_write_text
 
 EMPTY_HINT = "run e.g. `infmask run trifeatures --preset smoke` first"

@@ -1,4 +1,4 @@
-"""`infmask sweep FILE` (the embedded runner, pipeline/sweeping.py) and `infmask agent-script ENTITY/PROJECT/SWEEP`
+"""`infmask sweep FILE` (the embedded runner, pipeline/sweeping/) and `infmask agent-script ENTITY/PROJECT/SWEEP`
 (one `wandb agent` per GPU, for sweeps created on a W&B server with `wandb sweep FILE`)."""
 from __future__ import annotations
 

@@ -11,33 +11,9 @@ import json
 import os
 from pathlib import Path
 
-from ..config import benchmark_spec, build_config, parse_overrides
-from ..errors import InfmaskError, Preempted, UsageError
+from ..errors import InfmaskError, Preempted
+from ..trial_argv import CHECK_ENV, CHECK_PASSED, parse_trial_argv, trial_arguments
 from ..workspace import Workspace, atomic_write_text
-
-FIXED = ("benchmark", "method", "preset", "seed")
-CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, then exit 0 without training
-CHECK_PASSED = "infmask trial: command check passed:"
-
-
-def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
-    """benchmark, method, preset, seed and the config overrides of a trial's argv (the seed, when given, stays among
-    the overrides, so it is type-checked like every key; the fourth item is then None)."""
-    ov = parse_overrides([a for a in argv if a != "--"])
-    if "benchmark" not in ov:
-        raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
-    spec = benchmark_spec(str(ov["benchmark"]))
-    method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
-    preset = str(ov.pop("preset", "cpu"))
-    benchmark = str(ov.pop("benchmark"))
-    # the seed stays among the overrides: it goes through the same typed check as every other key (1.5 or "abc" is
-    # an error, not seed 1)
-    return benchmark, method, preset, None, ov
-
-
-def parse_trial_argv(argv: list[str]):
-    benchmark, method, preset, seed, ov = trial_arguments(argv)
-    return build_config(benchmark, method, preset, seed=seed, overrides=ov), benchmark_spec(benchmark)
 
 
 def _write_result(status: str, run_id: str | None, metrics: dict):
@@ -56,7 +32,8 @@ def trial_cli(args) -> int:
         print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
                             header=header("trial", args, list(args.argv))), end="")
         return 0
-    if os.environ.get(CHECK_ENV) == "1":  # `infmask sweep` trying the command it will run (pipeline/sweep_command.py)
+    # `infmask sweep` trying the command it will run (pipeline/sweeping/command_check.py)
+    if os.environ.get(CHECK_ENV) == "1":
         print(f"{CHECK_PASSED} {cfg.run_id}")
         return 0
     ws = Workspace.open()

@@ -25,6 +25,15 @@ def test_notebooks_are_committed_without_outputs():
         assert "infmask.reporting" in "".join(c.source for c in code), name   # one implementation
 
 
+def test_every_cell_has_a_stable_id():
+    """Read as stored, not through nbformat (which fills in missing ids, with a MissingIDFieldWarning, and a new
+    random id on every run)."""
+    for name in NOTEBOOKS:
+        cells = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["cells"]
+        ids = [c.get("id") for c in cells]
+        assert all(ids) and len(set(ids)) == len(ids), (name, ids)
+
+
 def test_notebooks_run_on_a_workspace_with_results(tmp_path):
     root = tmp_path / "ws"
     build_workspace(root)

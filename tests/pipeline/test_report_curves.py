@@ -32,7 +32,7 @@ def _legend(monkeypatch, curves, tmp_path, **kw) -> tuple[list[str], str]:
     def keep(fig, path):
         drawn["fig"] = fig
         return path
-    monkeypatch.setattr(R, "save_figure", keep)
+    monkeypatch.setattr(R.figures, "save_figure", keep)
     R.plot_training_curves(curves, "trifeatures: training curves", tmp_path / "c.png", **kw)
     fig = drawn["fig"]
     legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
@@ -76,7 +76,7 @@ def test_task_curves_one_panel_per_task_and_the_synergy_auroc(tmp_path, monkeypa
     assert R.task_panels(curves) == [("share", "acc1"), ("unique1", "acc1"), ("unique2", "acc1"),
                                      ("synergy", "acc1"), ("synergy", "roc_auc")]
     drawn = {}
-    monkeypatch.setattr(R, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
+    monkeypatch.setattr(R.figures, "save_figure", lambda fig, path: drawn.setdefault("fig", fig) and path)
     R.plot_task_curves(curves, "trifeatures: probes per task", tmp_path / "t.png")
     axes = drawn["fig"].axes
     assert [a.get_title() for a in axes] == ["share: acc1 ×100", "unique1: acc1 ×100", "unique2: acc1 ×100",

@@ -14,7 +14,7 @@ def _capture(monkeypatch) -> dict:
     def keep(fig, path):
         drawn.setdefault("figs", []).append(fig)
         return path
-    monkeypatch.setattr(R, "save_figure", keep)
+    monkeypatch.setattr(R.figures, "save_figure", keep)
     return drawn
 
 

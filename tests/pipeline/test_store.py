@@ -82,3 +82,42 @@ def test_damaged_store_is_a_usage_error_naming_the_file(tmp_path):
     store_dir.mkdir()
     with pytest.raises(UsageError, match="cannot open the results store"):
         ResultsStore(store_dir)
+
+
+def test_a_trial_written_inside_a_claim_is_the_same_row_as_one_written_alone(tmp_path):
+    """One upsert for both paths: inside an open transaction (a sweep runner's claim) and on its own; a retried
+    write replaces the row and keeps a run id it already knows."""
+    store = ResultsStore(tmp_path / "results.sqlite")
+    store.upsert_sweep("s", name="s", file="-", benchmark="trifeatures", method="infmasking", config={},
+                       metric_name="probe/val/acc1", metric_goal="maximize", status="running")
+    with store.transaction() as conn:
+        assert store.trials("s", conn=conn) == []
+        store.upsert_trial("s", 0, "s-0000", {"b": 2, "a": 1}, "running", conn=conn)
+        assert [r["trial_id"] for r in store.trials("s", conn=conn)] == ["s-0000"]   # seen inside the claim
+    store.upsert_trial("s", 0, "s-0000", {"b": 2, "a": 1}, "finished", run_id="r0", metric_value=0.5, returncode=0)
+    store.upsert_trial("s", 0, "s-0000", {"b": 2, "a": 1}, "finished", metric_value=0.6, returncode=0)
+    (row,) = store.trials("s")
+    assert (row["status"], row["run_id"], row["metric_value"], row["params_json"]) == (
+        "finished", "r0", 0.6, '{"a": 1, "b": 2}')
+    assert store.get_sweep("s")["metric_goal"] == "maximize" and store.get_sweep("other") is None
+    (joined,) = store.trials_with_sweeps(["s"])
+    assert (joined["sweep_name"], joined["s_benchmark"], joined["metric_name"]) == (
+        "s", "trifeatures", "probe/val/acc1")
+    assert store.trials_with_sweeps([]) == [] and len(store.trials_with_sweeps()) == 1
+    assert store.sweeps_with_trial_counts()[0]["n_trials"] == 1
+
+
+def test_counts_and_delete_metrics(tmp_path):
+    store = ResultsStore(tmp_path / "results.sqlite")
+    runs = []
+    for seed, status in ((1, "finished"), (2, "failed")):
+        cfg = build_config("trifeatures", "infmasking", "smoke", seed=seed)
+        store.upsert_run(cfg, status=status)
+        store.log_metrics(cfg.run_id, "probe", [("test", "all", "acc1", 0.5)])
+        store.log_metrics(cfg.run_id, "pretrain", [("train", "all", "loss", 1.0)], step=0)
+        runs.append(cfg.run_id)
+    assert store.counts() == {"runs": 2, "results": 1, "curves": 2, "sweeps": 0, "trials": 0}   # failed: no result
+    assert {r["run_id"] for r in store.runs()} == set(runs)
+    store.delete_metrics(runs[0])
+    assert not store.has_metrics(runs[0], "probe") and store.has_metrics(runs[1], "probe")
+    assert store.counts()["curves"] == 1

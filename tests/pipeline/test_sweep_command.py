@@ -52,7 +52,7 @@ def test_default_command_reaches_the_trial(sweep_dir):
 
 
 def test_default_command_passes_the_check(sweep_dir):
-    from infmask.sweep_command import check_command
+    from infmask.sweeping.command_check import check_command
 
     check_command(load_sweep(write(sweep_dir / "no_command.yaml")))
     check_command(load_sweep(write(sweep_dir / "args_no_hyphens.yaml", command=[
@@ -75,7 +75,7 @@ def test_sweep_refuses_a_command_that_cannot_run_a_trial(sweep_dir, command, why
 
 
 def test_another_program_is_not_run_by_the_check(sweep_dir):
-    from infmask.sweep_command import check_command
+    from infmask.sweeping.command_check import check_command
 
     marker = sweep_dir / "ran"
     (sweep_dir / "toy.py").write_text(f"open({str(marker)!r}, 'w').close()\n")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from infmask.config import benchmark_spec, benchmarks
-from infmask.sweeping import _engine, load_sweep
+from infmask.sweeping import load_engine, load_sweep
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 # the reference: the paper's best (mask ratio, temperature) per benchmark, and the metric each sweep optimises
@@ -33,7 +33,7 @@ def test_valid_w_and_b_sweep_config(path):
     config = load(path)
     run_cap = config.pop("run_cap", None)   # sweeps 0.2.0's schema lacks run_cap; W&B's server takes it
     assert run_cap is None or (isinstance(run_cap, int) and run_cap > 0)
-    assert _engine().schema_violations_from_proposed_config(config) == []
+    assert load_engine().schema_violations_from_proposed_config(config) == []
     assert config["program"] == "pipeline/__main__.py" and config["command"] == TRIAL_COMMAND
     assert "\n  - ${args}\n" in path.read_text()   # a block list: the flow style with ${...} is invalid YAML
     benchmark = config["parameters"]["benchmark"]["value"]
@@ -41,7 +41,7 @@ def test_valid_w_and_b_sweep_config(path):
     assert (config["metric"]["name"], config["metric"]["goal"]) == METRIC[benchmark]
     assert config["parameters"]["method"] == {"value": "infmasking"}
     assert config["parameters"]["preset"]["value"] in ("paper", "cpu")
-    assert _engine().next_run(config, []) is not None   # the engine accepts it (grid: categorical values only)
+    assert load_engine().next_run(config, []) is not None   # the engine accepts it (grid: categorical values only)
 
 
 @pytest.mark.parametrize("benchmark", sorted(PAPER_BEST))

@@ -203,7 +203,7 @@ def test_metric_target_stops_new_trials(env):
 
 def test_two_workers_run_at_once_and_lose_and_duplicate_nothing(env, monkeypatch):
     monkeypatch.setenv("TOY_SLEEP", "0.5")
-    monkeypatch.setattr(sweeping, "worker_gpus", lambda env, workers: ["5", "7"])   # as if 2 GPUs were visible
+    monkeypatch.setattr(sweeping.runner, "worker_gpus", lambda env, workers: ["5", "7"])   # as if 2 GPUs were visible
     f = write_sweep(env / "toy.yaml", masks=(0.3, 0.5, 0.7), temps=(0.05, 0.1))
     rc, out, runner = run_inprocess(f, env / "ws", workers=2)
     assert rc == 0, out
@@ -319,7 +319,7 @@ def test_bayes_gets_finished_results_back_as_plain_python(env, monkeypatch):
     f = write_sweep(env / "bayes.yaml", method="bayes", run_cap=4, parameters={
         "model.mask_ratio": {"distribution": "uniform", "min": 0.1, "max": 0.9},
         "model.temperature": {"distribution": "log_uniform_values", "min": 0.02, "max": 0.5}})
-    engine = sweeping._engine()
+    engine = sweeping.load_engine()
     seen = []
     real_next_run = engine.next_run
 

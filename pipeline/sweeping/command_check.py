@@ -14,7 +14,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
+from .agent import trial_command
+from .spec import candidate_values
 
 TRIAL_COMMAND = ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]
 PARAMETER_MACROS = ("${args}", "${args_no_hyphens}", "${args_json}", "${args_json_file}")
@@ -34,16 +36,12 @@ def pipeline_entry(argv: list[str], cwd: Path) -> int | None:
 
 
 def _first_values(params: dict) -> dict:
-    from .sweeping import _candidate_values
-
-    return {name: _candidate_values(spec)[0] for name, spec in params.items() if _candidate_values(spec)}
+    return {name: candidate_values(spec)[0] for name, spec in params.items() if candidate_values(spec)}
 
 
 def check_command(spec, timeout: float = 120.0) -> None:
     """Raise UsageError (exit 2, before any trial) when the sweep's trial command cannot run a trial."""
     from wandb.sdk.launch.sweeps.utils import DEFAULT_SWEEP_COMMAND
-
-    from .sweeping import trial_command
 
     src = str(spec.path)
     command = [str(c) for c in (spec.config.get("command") or DEFAULT_SWEEP_COMMAND)]
@@ -66,7 +64,7 @@ def check_command(spec, timeout: float = 120.0) -> None:
                              f"probe of one config, is what a sweep runs); {HINT}")
         if not any(m in command for m in PARAMETER_MACROS):
             raise UsageError(f"{src}: the command passes no parameters to the trial (no ${{args}}); {HINT}")
-        from .stages.trial import CHECK_ENV, CHECK_PASSED
+        from ..trial_argv import CHECK_ENV, CHECK_PASSED
 
         env.update({CHECK_ENV: "1", "INFMASK_ROOT": str(Path(tmp) / "workspace")})
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from .config import NON_IDENTITY_KEYS
+from ..config import NON_IDENTITY_KEYS
 
 # The keys every label shows (when they apply), in this order; ρ only for methods that mask.
 MASKING_METHODS = ("infmasking",)

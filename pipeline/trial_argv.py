@@ -1,0 +1,31 @@
+"""A trial's argv (`--benchmark=B --method=M --preset=P --seed=S --model.mask_ratio=0.5 ...`, as a W&B agent builds
+it) read into a checked config, and the handshake of the trial-command check. Shared by the `trial` stage, which
+runs it, and the sweep runner, which checks a sweep file's parameters and command before any trial starts."""
+from __future__ import annotations
+
+from .config import benchmark_spec, build_config, parse_overrides
+from .errors import UsageError
+
+CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, then exit 0 without training
+CHECK_PASSED = "infmask trial: command check passed:"
+
+
+def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
+    """benchmark, method, preset, seed and the config overrides of a trial's argv (the seed, when given, stays among
+    the overrides, so it is type-checked like every key; the fourth item is then None)."""
+    ov = parse_overrides([a for a in argv if a != "--"])
+    if "benchmark" not in ov:
+        raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
+    spec = benchmark_spec(str(ov["benchmark"]))
+    method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
+    preset = str(ov.pop("preset", "cpu"))
+    benchmark = str(ov.pop("benchmark"))
+    # the seed stays among the overrides: it goes through the same typed check as every other key (1.5 or "abc" is
+    # an error, not seed 1)
+    return benchmark, method, preset, None, ov
+
+
+def parse_trial_argv(argv: list[str]):
+    """The trial's Config and its benchmark's spec; ConfigError or UsageError for a bad argv."""
+    benchmark, method, preset, seed, ov = trial_arguments(argv)
+    return build_config(benchmark, method, preset, seed=seed, overrides=ov), benchmark_spec(benchmark)

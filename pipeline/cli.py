@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 
+from infmask.models.method_registry import METHOD_NAMES
+
 from .errors import EXIT_USAGE, InfmaskError, UsageError
 
 STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
           "agent-script", "notebooks", "config")
+METHOD_HELP = " | ".join(METHOD_NAMES)     # from the method registry, which imports no torch
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
 `run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config; `infmask
@@ -54,7 +57,7 @@ def _add_root(p):
 def _add_run_args(p, benchmark=True):
     if benchmark:
         p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
-    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--method", default="infmasking", help=METHOD_HELP)
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     p.add_argument("--force", action="store_true", help="redo even if already done")
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config of a benchmark as YAML, with each key's source")
     p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
-    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--method", default="infmasking", help=METHOD_HELP)
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     _add_overrides(p)

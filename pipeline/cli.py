@@ -13,6 +13,7 @@ import sys
 from infmask.models.method_registry import METHOD_NAMES
 
 from .errors import EXIT_USAGE, InfmaskError, UsageError
+from .workspace import resolve_root
 
 STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
           "agent-script", "notebooks", "config")
@@ -235,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as e:  # argparse's own errors and --help
         return int(e.code or 0)
-    if getattr(args, "root", None):
-        os.environ["INFMASK_ROOT"] = args.root
+    if hasattr(args, "root"):
+        # The only reading of $INFMASK_ROOT: every stage takes the workspace as args.root from here on (processes
+        # it starts, sweep trials and DDP ranks, get it through their own command line or environment).
+        args.root = resolve_root(args.root)
     os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; syncable later with `wandb sync`
     os.environ.setdefault("WANDB_SILENT", "true")   # our own lines say where runs are and how to sync them
     from .config import ConfigError

@@ -171,7 +171,7 @@ def _autocast(precision: str, device):
 class _Batches:
     """Raw batch on the host and the transform that makes an SSL batch of it on the device."""
 
-    def __init__(self, cfg, device, real: bool):
+    def __init__(self, cfg, device, real: bool, root=None):
         import torch
 
         self.device = device
@@ -182,7 +182,7 @@ class _Batches:
             from ..workspace import Workspace
             from .data_stages import datamodule_for, ensure_data
 
-            ws = Workspace.open()
+            ws = Workspace.open(root)
             ensure_data(cfg, ws)
             dm = datamodule_for(cfg, ws)
             dm.ssl_inputs = _batch_inputs(cfg)
@@ -408,7 +408,7 @@ def memory_child(spec: str) -> None:
     cfg = Config.from_dict(a["cfg"])
     dev = _device(a["device"])
     precision = _precision(cfg, dev)
-    batches = _Batches(cfg, dev, bool(a["real_data"]))
+    batches = _Batches(cfg, dev, bool(a["real_data"]), a.get("root"))
     runner = make_runner(a["name"], cfg, dev, precision)
     mem = _PeakMemory(dev)
     _, _, _, (peak, peak_abs) = runner._step(batches, _Clock(dev, False), runner.forward_real,
@@ -416,13 +416,13 @@ def memory_child(spec: str) -> None:
     print("INFMASK_MEMORY " + json.dumps({"peak_bytes": peak, "peak_abs_bytes": peak_abs, "how": mem.how}))
 
 
-def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: bool) -> dict:
+def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: bool, root=None) -> dict:
     """Peak memory of one step of formulation `name`, first step in a fresh process, over the resident set
     once the model and the raw batch are built (so it counts activations, gradients and the optimiser state)."""
     import subprocess
 
     spec = json.dumps({"cfg": cfg.to_dict(), "name": name, "device": device, "threads": threads,
-                       "real_data": real_data}, default=str)
+                       "real_data": real_data, "root": root}, default=str)
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = "import sys; from infmask.stages.bench import memory_child; memory_child(sys.argv[1])"
@@ -667,7 +667,7 @@ def _loadavg():
 
 def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compare: str = "auto",
           device: str = "auto", threads: int | None = None, real_data: bool = False, savings: bool = False,
-          extras: bool = False, memory: bool = True, real_steps: int = 0, log=print) -> dict:
+          extras: bool = False, memory: bool = True, real_steps: int = 0, log=print, root=None) -> dict:
     import torch
 
     if steps < 1 or warmup < 0:
@@ -689,7 +689,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         raise UsageError("--compare comm compares InfMasking with CoMM: use --method infmasking")
     baseline = baseline and cfg.method in SPLIT_METHODS
     load_start = _loadavg()
-    batches = _Batches(cfg, dev, real_data)
+    batches = _Batches(cfg, dev, real_data, root)
     names = ["fast"] + (["straightforward"] if baseline else []) + (["comm"] if compare_comm else [])
     if cfg.trainer.compile:     # the same fast step without torch.compile, for the compile speed-up
         names.append("fast_eager")
@@ -713,7 +713,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
     if dev.type != "cuda" and memory:
         for r in runners:
             log(f"  peak memory of {r.name} (fresh process) ...")
-            peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data)
+            peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data, root)
             r.mem.append(peak["peak_bytes"])
             mem.how = peak["how"]
     real = None
@@ -722,7 +722,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
 
         fast = runners[0]
         real = real_loop(cfg, steps=real_steps, warmup=max(1, warmup), device=dev, bench_steps=steps, log=log,
-                         bench_step=lambda: fast._step(batches, real_clock, fast.forward_real, autocast)[:2])
+                         root=root, bench_step=lambda: fast._step(batches, real_clock, fast.forward_real, autocast)[:2])
     res = {"benchmark": cfg.benchmark, "method": cfg.method, "preset": cfg.preset, "config_hash": cfg.config_hash(),
            "batch_size": B, "image_size": cfg.data.image_size, "embed_dim": cfg.model.embed_dim,
            "num_mask": cfg.model.num_mask, "n_layers": cfg.model.n_layers, "steps": steps, "warmup": warmup,
@@ -825,7 +825,7 @@ def bench_cli(args) -> int:
                 threads=getattr(args, "threads", None), real_data=bool(getattr(args, "data", False)),
                 savings=bool(getattr(args, "savings", False)), extras=bool(getattr(args, "optimisations", False)),
                 memory=not getattr(args, "no_memory", False), real_steps=getattr(args, "real_steps", 0) or 0,
-                log=log)
+                log=log, root=getattr(args, "root", None))
     log(format_report(res))
     if args.json:
         _write_json(args.json, res)

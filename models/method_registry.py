@@ -136,6 +136,12 @@ def method_param_fields() -> list[tuple[str, type, dataclasses.Field]]:
     return list(seen.values())
 
 
+def method_knobs(name: str) -> tuple[str, ...]:
+    """The names of the knobs method `name` declares for itself (none for an unknown name)."""
+    params = METHODS[name].params if name in METHODS else None
+    return tuple(f.name for f in dataclasses.fields(params)) if params is not None else ()
+
+
 def model_defaults() -> dict:
     """Every `model.*` default: the shared knobs and each method's own."""
     out = dataclasses.asdict(ModelParams())

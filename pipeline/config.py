@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from infmask.models.method_registry import METHOD_NAMES, ModelParams, OptimParams, method_param_fields, param_problems
+from infmask.models.method_registry import (METHOD_NAMES, ModelParams, OptimParams, method_knobs, method_param_fields,
+                                            param_problems)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = ("paper", "cpu", "smoke")   # every benchmark has these; a benchmark file may add its own (e.g. demo)
@@ -155,6 +156,8 @@ class Config:
         for section, keys in NON_IDENTITY_KEYS.items():
             for k in keys:
                 d[section].pop(k, None)
+        for k in foreign_knobs(self.method):
+            d["model"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -174,6 +177,18 @@ NON_IDENTITY_KEYS = {
     "trainer": ("accelerator", "strategy", "log_every_n_steps", "compile"),
     "tracking": ("project", "entity", "tags"),
 }
+
+# Knobs a method declares for itself count in the identity of that method's runs only, so that registering a new
+# method with knobs of its own leaves every existing run id as it was. These three predate that rule and stay in
+# every method's identity (the run ids already in workspaces and results stores include them).
+KNOBS_IN_EVERY_HASH = ("cross_proj_dim", "ssl_scale", "cross_self_hidden")
+
+
+def foreign_knobs(method: str) -> list[str]:
+    """The `model.*` knobs other methods declare that leave `method`'s config hash out."""
+    own = set(method_knobs(method)) | set(KNOBS_IN_EVERY_HASH)
+    return [name for name, _, _ in method_param_fields() if name not in own]
+
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
             ("data", "model", "optim", "trainer", "probe", "tracking")}

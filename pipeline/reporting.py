@@ -24,6 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from infmask.models.method_registry import display_names
+
 from .config_labels import distinguishing_labels, short_label
 from .run_selection import RunFilter
 from .sweep_pools import SweepPool, fixed_text, sweep_pools  # noqa: F401  (notebooks use them through this module)
@@ -341,8 +343,7 @@ class TableSpec:
         return sorted({b for v in self.variants for _, b in v.benchmarks})
 
 
-BASE_NAMES = (("infmasking", "InfMasking"), ("comm", "CoMM"), ("cross", "Cross"), ("cross_self", "Cross+Self"),
-              ("cmc", "CMC"))
+BASE_NAMES = display_names()   # every registered method, in registry order
 _ACC = "linear_probe_acc_pct"
 
 

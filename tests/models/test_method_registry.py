@@ -14,26 +14,10 @@ import yaml
 from infmask.models import method_registry as registry
 from infmask.models.methods import METHODS, BaseMethod, build_method
 
+from helpers.method_inputs import MOD_PROPRIO, MOD_SEQ, MOD_TAB, make_batch, make_cfg
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "adding-a-method.md"
-MOD_TAB = {"name": "tab", "encoder": "mlp", "encoder_kwargs": {"in_dim": 5, "hidden_dim": 10, "out_dim": 10},
-           "adapter": "features", "adapter_kwargs": {"n_features": 10}}
-MOD_SEQ = {"name": "seq", "encoder": "gru", "encoder_kwargs": {"in_dim": 3, "hidden_dim": 16}, "adapter": "none"}
-MOD_PROPRIO = {"name": "proprio", "encoder": "proprio", "encoder_kwargs": {"z": 16}, "adapter": "simple_features"}
-SHAPES = {"mlp": (5,), "gru": (6, 3), "proprio": (8,)}
-
-
-def make_cfg(method, mods, **model):
-    m = {"embed_dim": 16, "n_heads": 4, "num_mask": 3, "head_hidden": 32, "head_out": 8, "cross_proj_dim": 8,
-         "cross_self_hidden": 32, "modalities": mods, **model}
-    return {"benchmark": "test", "method": method, "preset": "smoke", "seed": 0, "model": m,
-            "optim": {"lr": 1e-3}, "trainer": {"max_epochs": 2}}
-
-
-def make_batch(mods, B=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = [torch.randn(B, *SHAPES[m["encoder"]], generator=g) for m in mods]
-    return {"views": [[t + 0.1 * torch.randn(t.shape, generator=g) for t in x] for _ in range(2)], "x": x}
 
 
 def _blocks(lang: str) -> list[str]:
@@ -89,7 +73,7 @@ def test_worked_example_registers_and_trains(monkeypatch):
     mods = [MOD_TAB, MOD_SEQ, MOD_PROPRIO]
     method = build_method(make_cfg("toy", mods, toy_dim=8))
     assert type(method) is module.Toy
-    opt = method.configure_optimizers()     # optim.scheduler "none": the optimiser alone
+    opt = method.configure_optimizers()["optimizer"]
     for step in range(2):
         opt.zero_grad()
         loss = method.training_step({"x": make_batch(mods, seed=step)["x"]}, step)

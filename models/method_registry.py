@@ -2,10 +2,10 @@
 
 This module imports no torch, so that the CLI's help, the config and the reports can list methods and check their
 keys cheaply; the class is imported only when a method is built (`method_class`). A method's own knobs are a
-small dataclass declared beside its entry; every field becomes a `model.<field>` config key (with its default,
-type and checks). Knobs every method shares (encoders, fusion, heads, loss, optimiser) are `ModelParams` and
-`OptimParams`. Adding a method: its module under `models/methods/` and one `MethodSpec` line in `METHODS`
-(see docs/adding-a-method.md).
+small dataclass declared beside its entry, here rather than in the method's module because that module imports
+torch; every field becomes a `model.<field>` config key (with its default, type and checks). Knobs every method
+shares (encoders, fusion, heads, loss, optimiser) are `ModelParams` and `OptimParams`. Adding a method: its module
+under `models/methods/` and one `MethodSpec` line in `METHOD_SPECS` (see docs/adding-a-method.md).
 """
 from __future__ import annotations
 
@@ -89,33 +89,33 @@ class MethodSpec:
     params: Optional[type] = None        # dataclass of the method's own `model.*` knobs; `problems()` checks them
 
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
+METHOD_SPECS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("infmasking", "InfMasking", "infmask.models.methods.infmasking:InfMasking"),
     MethodSpec("comm", "CoMM", "infmask.models.methods.comm:CoMM"),
     MethodSpec("cross", "Cross", "infmask.models.methods.cross:Cross", ProjectionParams),
     MethodSpec("cross_self", "Cross+Self", "infmask.models.methods.cross_self:CrossSelf", CrossSelfParams),
     MethodSpec("cmc", "CMC", "infmask.models.methods.cmc:CMC", ProjectionParams),
 )}
-METHOD_NAMES = tuple(METHODS)
+METHOD_NAMES = tuple(METHOD_SPECS)
 
 
 def display_names() -> tuple[tuple[str, str], ...]:
     """(name, display name) of every method, in registry order."""
-    return tuple((s.name, s.display) for s in METHODS.values())
+    return tuple((s.name, s.display) for s in METHOD_SPECS.values())
 
 
 def method_class(name: str) -> type:
     """The LightningModule class registered as `name` (imports its module, and so torch)."""
-    if name not in METHODS:
-        raise ValueError(f"cfg['method'] must be one of {sorted(METHODS)}, got {name!r}")
-    module, cls = METHODS[name].target.split(":")
+    if name not in METHOD_SPECS:
+        raise ValueError(f"cfg['method'] must be one of {sorted(METHOD_SPECS)}, got {name!r}")
+    module, cls = METHOD_SPECS[name].target.split(":")
     return getattr(importlib.import_module(module), cls)
 
 
 def method_param_classes() -> list[type]:
     """Each method-specific parameter dataclass once, in registry order."""
     out: list[type] = []
-    for spec in METHODS.values():
+    for spec in METHOD_SPECS.values():
         if spec.params is not None and spec.params not in out:
             out.append(spec.params)
     return out
@@ -138,7 +138,7 @@ def method_param_fields() -> list[tuple[str, type, dataclasses.Field]]:
 
 def method_knobs(name: str) -> tuple[str, ...]:
     """The names of the knobs method `name` declares for itself (none for an unknown name)."""
-    params = METHODS[name].params if name in METHODS else None
+    params = METHOD_SPECS[name].params if name in METHOD_SPECS else None
     return tuple(f.name for f in dataclasses.fields(params)) if params is not None else ()
 
 

@@ -66,7 +66,7 @@ def test_worked_example_registers_and_trains(monkeypatch):
     module = _example_module(monkeypatch)
     spec = _example_spec()
     assert (spec.name, spec.target) == ("toy", "infmask.models.methods.toy:Toy")
-    monkeypatch.setitem(registry.METHODS, spec.name, spec)
+    monkeypatch.setitem(registry.METHOD_SPECS, spec.name, spec)
 
     assert registry.model_defaults()["toy_dim"] == 64 and registry.method_knobs("toy") == ("toy_dim",)
     assert list(registry.param_problems({"toy_dim": 0})) == [("model.toy_dim", "must be >= 1, got 0")]
@@ -97,7 +97,7 @@ def test_worked_example_keeps_existing_run_ids():
             "params_code, line = json.loads(sys.argv[1])\n"
             "ns = dict(vars(registry))\n"
             "exec(params_code, ns)\n"
-            "registry.METHODS['toy'] = eval(line.strip().rstrip(','), ns)\n"
+            "registry.METHOD_SPECS['toy'] = eval(line.strip().rstrip(','), ns)\n"
             "from infmask.config import build_config\n"
             "ids = {m: build_config('trifeatures', m, 'paper').run_id for m in json.loads(sys.argv[2])}\n"
             "cfg = build_config('trifeatures', 'infmasking', 'paper', overrides=['model.toy_dim=3'])\n"

@@ -345,8 +345,16 @@ class FusionOutput:
     masked: list
 
 
-def _has_batchnorm(module: nn.Module) -> bool:
+def has_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm normalises with the statistics of each call: such an encoder must see each copy in a call of its
+    own, or training would change."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def batchable_copies(xs: Sequence) -> bool:
+    """Several copies, all tensors of one shape but for the batch axis: one encoder call (of an encoder without
+    BatchNorm) computes them all with the same result as one call each."""
+    return len(xs) > 1 and all(isinstance(x, torch.Tensor) for x in xs) and len({tuple(x.shape[1:]) for x in xs}) == 1
 
 
 class MultimodalEncoder(nn.Module):
@@ -376,7 +384,7 @@ class MultimodalEncoder(nn.Module):
         self.mask_ratio = check_mask_ratio(mask_ratio)
         self.num_mask, self.keep_rounding = int(num_mask), keep_rounding
         self.mask_all_subsets, self.fast_fusion, self.mask_padding = mask_all_subsets, fast_fusion, mask_padding
-        self._batch_copies = [not _has_batchnorm(e) for e in encoders]
+        self._batch_copies = [not has_batchnorm(e) for e in encoders]
 
     # -------------------------------------------------------------------------------------------- tokenising
     def _tokenize_one(self, m: int, x):
@@ -400,8 +408,7 @@ class MultimodalEncoder(nn.Module):
         per_mod_tokens, per_mod_pad = [], []
         for m in range(n):
             xs = [c[m] for c in copies]
-            same = all(isinstance(x, torch.Tensor) for x in xs) and len({tuple(x.shape[1:]) for x in xs}) == 1
-            if len(xs) > 1 and same and self._batch_copies[m]:
+            if batchable_copies(xs) and self._batch_copies[m]:
                 tok, pad = self._tokenize_one(m, torch.cat(xs))
             else:
                 outs = [self._tokenize_one(m, x) for x in xs]

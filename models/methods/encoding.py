@@ -13,7 +13,7 @@ from torch import nn
 
 from ..adapters import build_adapter
 from ..encoders import build_encoder
-from ..fusion import MultimodalEncoder, _has_batchnorm
+from ..fusion import MultimodalEncoder, batchable_copies, has_batchnorm
 
 
 def build_encoders(model: dict, weights_dir=None) -> list:
@@ -56,8 +56,7 @@ def pool_features(out) -> torch.Tensor:
 
 def encode_copies(encoder: nn.Module, xs: list) -> list:
     """encoder(x) for each x, in one call when that changes nothing (no BatchNorm, equal shapes)."""
-    same = all(isinstance(x, torch.Tensor) for x in xs) and len({tuple(x.shape[1:]) for x in xs}) == 1
-    if len(xs) > 1 and same and not _has_batchnorm(encoder):
+    if batchable_copies(xs) and not has_batchnorm(encoder):
         out = encoder(torch.cat(xs))
         sizes = [len(x) for x in xs]
         if isinstance(out, tuple):

@@ -185,7 +185,7 @@ KNOBS_IN_EVERY_HASH = ("cross_proj_dim", "ssl_scale", "cross_self_hidden")
 
 
 def foreign_knobs(method: str) -> list[str]:
-    """The `model.*` knobs other methods declare that leave `method`'s config hash out."""
+    """The `model.*` knobs that `method`'s config hash leaves out: those only other methods declare."""
     own = set(method_knobs(method)) | set(KNOBS_IN_EVERY_HASH)
     return [name for name, _, _ in method_param_fields() if name not in own]
 

@@ -28,8 +28,8 @@ padding flag (1.0 = padding). Towers are loaded lazily at the first raw input, s
 Weights are never downloaded here. ``weights`` names a model (default ``openai/clip-vit-base-patch32``); it is
 looked up as ``<dir>/<weights>`` or ``<dir>`` itself (a directory holding ``config.json``), where ``<dir>`` is the
 encoder's ``weights_dir`` (its ``encoder_kwargs``, else the config's ``data.weights_dir``, which
-``build_encoder`` passes in), else ``$INFMASK_CLIP_DIR``; then in the local Hugging Face cache (offline). Missing weights
-raise ``MissingWeightsError`` naming what to fetch and where to put it.
+``build_encoder`` passes in), else ``$INFMASK_CLIP_DIR``; then in the local Hugging Face cache (offline).
+Missing weights raise ``MissingWeightsError`` naming what to fetch and where to put it.
 
 Text-token masking (the reference's 15 % [MASK] replacement in training) is a data augmentation here:
 ``TokenMasker`` / ``mask_token_ids``, applied by the MM-IMDb data module to the training views.
@@ -53,6 +53,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_ID = -1          # padding marker in the token-id tensors the data module yields
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers are used in forked loader workers
+
 
 class MissingWeightsError(FileNotFoundError):
     """The frozen tower's weights are not on this machine (we never download them)."""

@@ -6,6 +6,7 @@ from torch import nn
 from ..losses import cmc_loss
 from .base import PerModalityMethod
 
+
 class CMC(PerModalityMethod):
     """Contrastive Multiview Coding: bias-free linear heads, NT-Xent averaged over all modality pairs,
     on un-augmented inputs. Probe features: the pooled encoder outputs, concatenated."""

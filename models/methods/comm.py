@@ -8,6 +8,7 @@ from ..losses import comm_loss
 from .base import BaseMethod
 from .encoding import build_multimodal_encoder
 
+
 class CoMM(BaseMethod):
     """The same fusion encoder and head without masked views, trained with the CoMM loss."""
 

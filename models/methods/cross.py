@@ -13,6 +13,7 @@ from .base import PerModalityMethod
 LOGIT_SCALE_INIT = math.log(1 / 0.07)   # CLIP's; a plain cfg dict may set model.logit_scale_init
 LOGIT_SCALE_MAX = 4.6052                # log(100)
 
+
 class Cross(PerModalityMethod):
     """CLIP-style cross-modal InfoNCE: bias-free linear projections of the pooled encoder outputs and a
     learnable logit scale, init log(1/0.07), clamped to [0, log 100] after every step. More than two modalities:

@@ -9,6 +9,7 @@ from ..losses import cross_self_loss
 from .base import PerModalityMethod
 from .encoding import encode_copies, pool_features
 
+
 class CrossSelf(PerModalityMethod):
     """Cross-modal InfoNCE on un-augmented inputs plus per-modality SimCLR on the two views; heads are
     3-layer BN MLPs in -> 1024 -> 1024 -> 256. Probe features: the pooled encoder outputs, concatenated."""

@@ -10,6 +10,7 @@ from ..losses import infmasking_loss
 from .base import BaseMethod
 from .encoding import build_multimodal_encoder
 
+
 class InfMasking(BaseMethod):
     """Fusion encoder + projection head, trained with the InfMasking loss."""
 

@@ -13,10 +13,10 @@ import sys
 from infmask.models.method_registry import METHOD_NAMES
 
 from .errors import EXIT_USAGE, InfmaskError, UsageError
+from .stages import STAGE_FUNCTIONS, run_stage
 from .workspace import resolve_root
 
-STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
-          "agent-script", "notebooks", "config")
+STAGES = tuple(STAGE_FUNCTIONS)   # the one table of stages, in the order `--help` lists them
 METHOD_HELP = " | ".join(METHOD_NAMES)     # from the method registry, which imports no torch
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
@@ -245,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from infmask.data.registry import UnknownDatasetError
     try:
-        from .stages import run_stage
-
         return run_stage(args.stage, args)
     except (UsageError, ConfigError, UnknownDatasetError) as e:
         print(f"infmask {args.stage}: error: {e}", file=sys.stderr)

@@ -191,7 +191,6 @@ def _online_datamodule(ws, cfg):
 
     d = cfg.data
     img_path, txt_path = tower_paths(cfg)
-    ct.set_weights_dir(d.weights_dir)
     vision = json.loads((img_path / "config.json").read_text())
     vision = vision.get("vision_config", vision)
     size = vision.get("image_size")

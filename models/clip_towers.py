@@ -1,4 +1,5 @@
-"""Frozen CLIP towers for MM-IMDb, registered as ENCODERS "clip_image" and "clip_text".
+"""Frozen CLIP towers for MM-IMDb, the encoders "clip_image" and "clip_text" (`encoders.py` imports this module
+only when one of them is built).
 
 What each tower returns, exactly:
 
@@ -26,9 +27,9 @@ padding flag (1.0 = padding). Towers are loaded lazily at the first raw input, s
 
 Weights are never downloaded here. ``weights`` names a model (default ``openai/clip-vit-base-patch32``); it is
 looked up as ``<dir>/<weights>`` or ``<dir>`` itself (a directory holding ``config.json``), where ``<dir>`` is the
-encoder's ``weights_dir``, else the process default set by ``set_weights_dir`` (the data module sets it from
-``data.weights_dir``), else ``$INFMASK_CLIP_DIR``; then in the local Hugging Face cache (offline). Missing weights
-raise ``MissingWeightsError`` naming what to fetch and where to put it.
+encoder's ``weights_dir`` (its ``encoder_kwargs``, else the config's ``data.weights_dir``, which
+``build_encoder`` passes in), else ``$INFMASK_CLIP_DIR``; then in the local Hugging Face cache (offline).
+Missing weights raise ``MissingWeightsError`` naming what to fetch and where to put it.
 
 Text-token masking (the reference's 15 % [MASK] replacement in training) is a data augmentation here:
 ``TokenMasker`` / ``mask_token_ids``, applied by the MM-IMDb data module to the training views.
@@ -43,8 +44,6 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .encoders import ENCODERS
-
 DEFAULT_WEIGHTS = "openai/clip-vit-base-patch32"
 ENV_DIR = "INFMASK_CLIP_DIR"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,21 +54,14 @@ PAD_ID = -1          # padding marker in the token-id tensors the data module yi
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers are used in forked loader workers
 
-_default_dir: Optional[str] = None
-
 
 class MissingWeightsError(FileNotFoundError):
     """The frozen tower's weights are not on this machine (we never download them)."""
 
 
-def set_weights_dir(path) -> None:
-    """Process-wide default directory for tower weights (``data.weights_dir``); None clears it."""
-    global _default_dir
-    _default_dir = None if path in (None, "") else str(Path(path).expanduser())
-
-
 def weights_root(weights_dir=None) -> Optional[Path]:
-    for cand in (weights_dir, _default_dir, os.environ.get(ENV_DIR)):
+    """The folder to look in: `weights_dir` when given, else $INFMASK_CLIP_DIR (the documented fallback)."""
+    for cand in (weights_dir, os.environ.get(ENV_DIR)):
         if cand not in (None, ""):
             return Path(cand).expanduser()
     return None
@@ -382,10 +374,6 @@ class ClipTextEncoder(_FrozenTower):
         clean = ids.masked_fill(pad, int(fill) if fill is not None and fill >= 0 else 0)
         out = model(input_ids=clean, attention_mask=attention).last_hidden_state
         return out, pad
-
-
-ENCODERS["clip_image"] = ClipImageEncoder
-ENCODERS["clip_text"] = ClipTextEncoder
 
 
 # ------------------------------------------------------------------------------------------------ random towers

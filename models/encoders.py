@@ -6,6 +6,7 @@ An encoder returns a Tensor, or a tuple (tokens, key_padding_mask) with True = p
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -312,15 +313,38 @@ ENCODERS: dict[str, type[nn.Module]] = {
     "identity": IdentityEncoder,
 }
 
+# Encoders defined elsewhere, imported only when built: the frozen CLIP towers need transformers (MM-IMDb only).
+LAZY_ENCODERS: dict[str, str] = {
+    "clip_image": "infmask.models.clip_towers:ClipImageEncoder",
+    "clip_text": "infmask.models.clip_towers:ClipTextEncoder",
+}
+
 # Encoders whose constructor takes `channels_last` (the model-level switch is passed only to these).
 CNN_ENCODERS = ("alexnet", "convnet", "resnet18")
+# Encoders that load pretrained weights from a folder (the config's data.weights_dir is passed only to these).
+WEIGHTS_ENCODERS = ("clip_image", "clip_text")
 
 
-def build_encoder(name: str, channels_last: bool = False, **kwargs) -> nn.Module:
-    if name not in ENCODERS:
-        raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {name!r}")
+def encoder_names() -> list[str]:
+    return sorted([*ENCODERS, *LAZY_ENCODERS])
+
+
+def encoder_class(name: str) -> type[nn.Module]:
+    """The class registered as `name`, importing its module if it is one of LAZY_ENCODERS."""
+    if name in ENCODERS:
+        return ENCODERS[name]
+    if name in LAZY_ENCODERS:
+        module, cls = LAZY_ENCODERS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    raise ValueError(f"encoder must be one of {encoder_names()}, got {name!r}")
+
+
+def build_encoder(name: str, channels_last: bool = False, default_weights_dir=None, **kwargs) -> nn.Module:
+    """`default_weights_dir` (the config's data.weights_dir): where pretrained weights are looked up unless the
+    encoder's own kwargs name a `weights_dir`."""
+    cls = encoder_class(name)
     if name in CNN_ENCODERS:
         kwargs.setdefault("channels_last", channels_last)
-    return ENCODERS[name](**kwargs)
-
-from . import clip_towers  # noqa: E402,F401  registers "clip_image", "clip_text" (MM-IMDb; transformers imported lazily)
+    if name in WEIGHTS_ENCODERS and not kwargs.get("weights_dir"):
+        kwargs["weights_dir"] = default_weights_dir
+    return cls(**kwargs)

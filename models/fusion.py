@@ -1,4 +1,4 @@
-"""Fusion transformer, random masked views and the multimodal encoder.
+"""Fusion transformer and the multimodal encoder (the random masked views they take: `models/masking.py`).
 
 Two implementations of the same function, chosen by `fast`:
 
@@ -28,62 +28,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROUNDINGS = ("truncate", "round")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Masks
-# --------------------------------------------------------------------------------------------------------------
-def _check_ratio(ratio: float) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio (mask ratio) must be in [0, 1), got {ratio!r}")
-    return float(ratio)
-
-
-def keep_count(length: int, ratio: float, rounding: str = "truncate") -> int:
-    """Number of tokens a masked view keeps out of `length`.
-
-    "truncate" is the reference: int(L * (1 - ratio)) in float64, so 1 - 0.8 = 0.19999999999999996 gives
-    int(10 * 0.2) = 1 and a single token is always masked. "round" rounds the exact decimal product
-    L * (1 - ratio) to the nearest integer, halves up (10 * 0.2 = 2; 1 * 0.5 -> 1).
-    """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ValueError(f"length must be a non-negative int, got {length!r}")
-    ratio = _check_ratio(ratio)
-    if rounding == "truncate":
-        k = int(length * (1 - ratio))
-    elif rounding == "round":
-        exact = length * (1 - Fraction(repr(ratio)))
-        k = math.floor(exact + Fraction(1, 2))
-    else:
-        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    return max(0, min(length, k))
-
-
-def random_keep_mask(views: int, batch: int, lengths: Sequence[int], ratio: float, rounding: str = "truncate",
-                     generator: Optional[torch.Generator] = None,
-                     device: Optional[torch.device] = None) -> torch.Tensor:
-    """Bool (views, batch, sum(lengths)), True = keep. Each block of `lengths[m]` positions (one modality) keeps
-    exactly keep_count(L_m) of them, chosen per view and per sample as the smallest of uniform noise."""
-    if views < 1 or batch < 1:
-        raise ValueError(f"views and batch must be >= 1, got views={views}, batch={batch}")
-    blocks = []
-    for length in lengths:
-        k = keep_count(int(length), ratio, rounding)
-        mask = torch.zeros(views, batch, int(length), dtype=torch.bool, device=device)
-        if k > 0:
-            noise = torch.rand(views, batch, int(length), generator=generator, device=device)
-            mask.scatter_(-1, noise.argsort(dim=-1)[..., :k], True)
-        blocks.append(mask)
-    return torch.cat(blocks, dim=-1)
-
+from .masking import ROUNDINGS, check_mask_ratio, keep_count, random_keep_mask  # noqa: F401  (re-exported)
 
 _CONSTANTS: dict = {}
 
@@ -394,8 +345,16 @@ class FusionOutput:
     masked: list
 
 
-def _has_batchnorm(module: nn.Module) -> bool:
+def has_batchnorm(module: nn.Module) -> bool:
+    """BatchNorm normalises with the statistics of each call: such an encoder must see each copy in a call of its
+    own, or training would change."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def batchable_copies(xs: Sequence) -> bool:
+    """Several copies, all tensors of one shape but for the batch axis: one encoder call (of an encoder without
+    BatchNorm) computes them all with the same result as one call each."""
+    return len(xs) > 1 and all(isinstance(x, torch.Tensor) for x in xs) and len({tuple(x.shape[1:]) for x in xs}) == 1
 
 
 class MultimodalEncoder(nn.Module):
@@ -422,10 +381,10 @@ class MultimodalEncoder(nn.Module):
         self.adapters = nn.ModuleList(adapters)
         self.fusion = FusionTransformer(embed_dim, n_layers, n_heads, mask_token=mask_token)
         self.n_modalities = len(encoders)
-        self.mask_ratio = _check_ratio(mask_ratio)
+        self.mask_ratio = check_mask_ratio(mask_ratio)
         self.num_mask, self.keep_rounding = int(num_mask), keep_rounding
         self.mask_all_subsets, self.fast_fusion, self.mask_padding = mask_all_subsets, fast_fusion, mask_padding
-        self._batch_copies = [not _has_batchnorm(e) for e in encoders]
+        self._batch_copies = [not has_batchnorm(e) for e in encoders]
 
     # -------------------------------------------------------------------------------------------- tokenising
     def _tokenize_one(self, m: int, x):
@@ -449,8 +408,7 @@ class MultimodalEncoder(nn.Module):
         per_mod_tokens, per_mod_pad = [], []
         for m in range(n):
             xs = [c[m] for c in copies]
-            same = all(isinstance(x, torch.Tensor) for x in xs) and len({tuple(x.shape[1:]) for x in xs}) == 1
-            if len(xs) > 1 and same and self._batch_copies[m]:
+            if batchable_copies(xs) and self._batch_copies[m]:
                 tok, pad = self._tokenize_one(m, torch.cat(xs))
             else:
                 outs = [self._tokenize_one(m, x) for x in xs]

@@ -10,10 +10,14 @@ import argparse
 import os
 import sys
 
-from .errors import EXIT_USAGE, InfmaskError, UsageError
+from infmask.models.method_registry import METHOD_NAMES
 
-STAGES = ("download", "preprocess", "pretrain", "probe", "report", "run", "trial", "sweep", "bench",
-          "agent-script", "notebooks", "config")
+from .errors import EXIT_USAGE, InfmaskError, UsageError
+from .stages import STAGE_FUNCTIONS, run_stage
+from .workspace import resolve_root
+
+STAGES = tuple(STAGE_FUNCTIONS)   # the one table of stages, in the order `--help` lists them
+METHOD_HELP = " | ".join(METHOD_NAMES)     # from the method registry, which imports no torch
 
 EPILOG = """stages, in order: download -> preprocess -> pretrain -> probe -> report (each runnable alone and idempotent).
 `run` does them all; `trial` is the unit a W&B sweep agent runs (pretrain + probe of one config; `infmask
@@ -54,7 +58,7 @@ def _add_root(p):
 def _add_run_args(p, benchmark=True):
     if benchmark:
         p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
-    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--method", default="infmasking", help=METHOD_HELP)
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     p.add_argument("--force", action="store_true", help="redo even if already done")
@@ -137,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config of a benchmark as YAML, with each key's source")
     p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
-    p.add_argument("--method", default="infmasking", help="infmasking | comm | cross | cross_self | cmc")
+    p.add_argument("--method", default="infmasking", help=METHOD_HELP)
     p.add_argument("--preset", default="cpu", help="paper | cpu | smoke, or one the benchmark adds (default: cpu)")
     p.add_argument("--seed", type=int, default=None, help="run seed (default 42)")
     _add_overrides(p)
@@ -232,15 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as e:  # argparse's own errors and --help
         return int(e.code or 0)
-    if getattr(args, "root", None):
-        os.environ["INFMASK_ROOT"] = args.root
+    if hasattr(args, "root"):
+        # The only reading of $INFMASK_ROOT: every stage takes the workspace as args.root from here on (processes
+        # it starts, sweep trials and DDP ranks, get it through their own command line or environment).
+        args.root = resolve_root(args.root)
     os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; syncable later with `wandb sync`
     os.environ.setdefault("WANDB_SILENT", "true")   # our own lines say where runs are and how to sync them
     from .config import ConfigError
     from infmask.data.registry import UnknownDatasetError
     try:
-        from .stages import run_stage
-
         return run_stage(args.stage, args)
     except (UsageError, ConfigError, UnknownDatasetError) as e:
         print(f"infmask {args.stage}: error: {e}", file=sys.stderr)

@@ -28,10 +28,11 @@ from typing import Any
 
 import yaml
 
+from infmask.models.method_registry import (METHOD_NAMES, ModelParams, OptimParams, method_knobs, method_param_fields,
+                                            param_problems)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PRESETS = ("paper", "cpu", "smoke")   # every benchmark has these; a benchmark file may add its own (e.g. demo)
-# Kept in step with models.methods.METHODS by a test; spelled out here so `infmask --help` does not import torch.
-METHOD_NAMES = ("infmasking", "comm", "cross", "cross_self", "cmc")
 
 
 class ConfigError(ValueError):
@@ -63,40 +64,23 @@ class DataConfig:
     image_norm: str = "imagenet"          # MM-IMDb: imagenet (reference [ODDITY]) | clip statistics
 
 
-@dataclass
-class ModelConfig:
-    embed_dim: int = 512
-    n_layers: int = 1
-    n_heads: int = 8
-    mask_ratio: float = 0.7
-    num_mask: int = 6
-    temperature: float = 0.1
-    mask_lambda: float = 1.0
-    weights: Any = None                  # list of loss-term weights, or None for equal weights
-    cross: bool = False
-    penalty: Any = None                  # entropy penalty weight, or None
-    only_mask_last: bool = False
-    keep_rounding: str = "truncate"      # "truncate" = reference int(L*(1-rho)); "round" = exact rounding
-    mask_all_subsets: bool = False       # True = reference: masked views for unimodal subsets too (BN parity)
-    fast_fusion: bool = True             # exact savings: shared mask token, CLS-only last layer
-    mask_padding: bool = True            # honour key-padding masks in training (reference: False, MM-IMDb only)
-    head_hidden: int = 512
-    head_out: int = 256
-    cross_proj_dim: int = 256            # Cross / CMC projection size
-    ssl_scale: float = 1.0               # Cross+Self: weight of the self terms
-    cross_self_hidden: int = 1024        # Cross+Self: hidden width of the per-modality heads
-    channels_last: bool = True           # CNN encoders in channels_last memory format
-    modalities: list = field(default_factory=list)
+def _model_config() -> type:
+    """`model.*`: the knobs every method shares (`ModelParams`) and those each method declares in the method
+    registry (models/method_registry.py), in one flat section. The shared encoder-level knobs stay last, so that
+    dumped configs keep one key order whatever the registry holds."""
+    hints = typing.get_type_hints(ModelParams)
+    tail = ("channels_last", "modalities")
+    shared = [(f.name, hints[f.name], f) for f in dataclasses.fields(ModelParams)]
+    ordered = [s for s in shared if s[0] not in tail] + method_param_fields() + [s for s in shared if s[0] in tail]
+    specs = [(name, tp, f.default if f.default is not dataclasses.MISSING else field(default_factory=f.default_factory))
+             for name, tp, f in ordered]
+    cls = dataclasses.make_dataclass("ModelConfig", specs)
+    cls.__module__ = __name__
+    return cls
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    scheduler: str = "none"              # "none" | "warmup_cosine" (per epoch)
-    warmup_epochs: int = 10
-    warmup_start_lr: float = 1e-6
-    min_lr: float = 1e-6
+ModelConfig = _model_config()
+OptimConfig = OptimParams    # the optimiser knobs are the methods' (BaseMethod.configure_optimizers reads them)
 
 
 @dataclass
@@ -172,6 +156,8 @@ class Config:
         for section, keys in NON_IDENTITY_KEYS.items():
             for k in keys:
                 d[section].pop(k, None)
+        for k in foreign_knobs(self.method):
+            d["model"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -191,6 +177,18 @@ NON_IDENTITY_KEYS = {
     "trainer": ("accelerator", "strategy", "log_every_n_steps", "compile"),
     "tracking": ("project", "entity", "tags"),
 }
+
+# Knobs a method declares for itself count in the identity of that method's runs only, so that registering a new
+# method with knobs of its own leaves every existing run id as it was. These three predate that rule and stay in
+# every method's identity (the run ids already in workspaces and results stores include them).
+KNOBS_IN_EVERY_HASH = ("cross_proj_dim", "ssl_scale", "cross_self_hidden")
+
+
+def foreign_knobs(method: str) -> list[str]:
+    """The `model.*` knobs that `method`'s config hash leaves out: those only other methods declare."""
+    own = set(method_knobs(method)) | set(KNOBS_IN_EVERY_HASH)
+    return [name for name, _, _ in method_param_fields() if name not in own]
+
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
             ("data", "model", "optim", "trainer", "probe", "tracking")}
@@ -446,9 +444,10 @@ def validate(cfg: Config) -> None:
                "model.weights", f"must be a list of finite numbers or None, got {m.weights!r}")
     if m.penalty is not None:
         _check(_number(m.penalty), "model.penalty", f"must be a finite number or None, got {m.penalty!r}")
-    for key in ("head_hidden", "head_out", "cross_proj_dim", "cross_self_hidden"):
+    for key in ("head_hidden", "head_out"):
         _check(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
-    _check(m.ssl_scale >= 0, "model.ssl_scale", f"must be >= 0, got {m.ssl_scale}")
+    for key, message in param_problems(dataclasses.asdict(m)):
+        raise ConfigError(f"{key}: {message}")
     d = cfg.data
     _check(d.batch_size >= 2, "data.batch_size", f"must be >= 2 (contrastive losses need negatives), got {d.batch_size}")
     _check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")

@@ -1,9 +1,10 @@
 """The resolved config as YAML with each key's source: what `infmask config` and `--print-config` print.
 
 A key's value comes from the last of these layers that sets it (the order `build_config` applies them):
-`default` (the dataclasses in pipeline/config.py), `base`, `method <name>` and `preset <name>` (the benchmark's
-file in pipeline/configs/), `command line` (KEY=VALUE overrides), `--seed`. The output is valid YAML that loads
-back into the same config (sources are trailing comments).
+`default` (the dataclasses in pipeline/config.py; the model and optim knobs come from models/method_registry.py),
+`base`, `method <name>` and `preset <name>` (the benchmark's file in pipeline/configs/), `command line` (KEY=VALUE
+overrides), `--seed`. The output is valid YAML that loads back into the same config (sources are trailing
+comments).
 """
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ DEFAULT_ROOT = "workspace"
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """`root`, else $INFMASK_ROOT, else ./workspace, resolved. Read where a person starts the code (the CLI, the
+    notebooks); the stages then pass the root on explicitly."""
     return Path(root or os.environ.get("INFMASK_ROOT") or DEFAULT_ROOT).expanduser().resolve()
 
 

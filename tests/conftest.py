@@ -33,7 +33,7 @@ def root(tmp_path, monkeypatch):
 
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
-    """A fresh workspace root for in-process CLI calls: INFMASK_ROOT set (the CLI exports it; monkeypatch puts the
+    """A fresh workspace root for in-process CLI calls: INFMASK_ROOT set (the CLI reads it; monkeypatch puts the
     old value back), W&B disabled, no mirror from the environment. Modules may define their own `ws`."""
     root = tmp_path / "ws"
     monkeypatch.setenv("INFMASK_ROOT", str(root))

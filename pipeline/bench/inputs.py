@@ -75,7 +75,7 @@ def random_inputs(model_cfg: dict, batch_size: int, image_size: int = 224, seq_l
 class Batches:
     """Raw batch on the host and the transform that makes an SSL batch of it on the device."""
 
-    def __init__(self, cfg, device, real: bool):
+    def __init__(self, cfg, device, real: bool, root=None):
         import torch
 
         self.device = device
@@ -86,7 +86,7 @@ class Batches:
             from ..stages.data_stages import datamodule_for, ensure_data
             from ..workspace import Workspace
 
-            ws = Workspace.open()
+            ws = Workspace.open(root)
             ensure_data(cfg, ws)
             dm = datamodule_for(cfg, ws)
             dm.ssl_inputs = batch_inputs(cfg)

@@ -189,7 +189,8 @@ def check(cfg, steps: int) -> None:
                          "trainer.strategy overrides")
 
 
-def real_loop(cfg, *, steps: int, warmup: int, device, bench_step=None, bench_steps: int = 0, log=print) -> dict:
+def real_loop(cfg, *, steps: int, warmup: int, device, bench_step=None, bench_steps: int = 0, log=print,
+              root=None) -> dict:
     """Train `cfg` for `warmup + steps` steps through `pretrain()` and time it (see the module docstring); with
     `bench_step`, run it `bench_steps` times spread between the real steps, outside the timed stretches."""
     from ..config import Config
@@ -198,7 +199,7 @@ def real_loop(cfg, *, steps: int, warmup: int, device, bench_step=None, bench_st
     from ..workspace import Workspace
 
     check(cfg, steps)
-    ws = Workspace.open()
+    ws = Workspace.open(root)
     ensure_data(cfg, ws)
     dm = datamodule_for(cfg, ws)
     dm.setup("fit")

@@ -38,7 +38,7 @@ def _loadavg():
 
 def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compare: str = "auto",
           device: str = "auto", threads: int | None = None, real_data: bool = False, savings: bool = False,
-          extras: bool = False, memory: bool = True, real_steps: int = 0, log=print) -> dict:
+          extras: bool = False, memory: bool = True, real_steps: int = 0, log=print, root=None) -> dict:
     import torch
 
     if steps < 1 or warmup < 0:
@@ -60,7 +60,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
         raise UsageError("--compare comm compares InfMasking with CoMM: use --method infmasking")
     baseline = baseline and cfg.method in SPLIT_METHODS
     load_start = _loadavg()
-    batches = Batches(cfg, dev, real_data)
+    batches = Batches(cfg, dev, real_data, root)
     names = ["fast"] + (["straightforward"] if baseline else []) + (["comm"] if compare_comm else [])
     if cfg.trainer.compile:     # the same fast step without torch.compile, for the compile speed-up
         names.append("fast_eager")
@@ -84,7 +84,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
     if dev.type != "cuda" and memory:
         for r in runners:
             log(f"  peak memory of {r.name} (fresh process) ...")
-            peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data)
+            peak = memory_in_subprocess(cfg, r.name, str(dev), torch.get_num_threads(), real_data, root)
             r.mem.append(peak["peak_bytes"])
             mem.how = peak["how"]
     real = None
@@ -93,7 +93,7 @@ def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compar
 
         fast = runners[0]
         real = real_loop(cfg, steps=real_steps, warmup=max(1, warmup), device=dev, bench_steps=steps, log=log,
-                         bench_step=lambda: fast.step(batches, real_clock, autocast)[:2])
+                         root=root, bench_step=lambda: fast.step(batches, real_clock, autocast)[:2])
     res = {"benchmark": cfg.benchmark, "method": cfg.method, "preset": cfg.preset, "config_hash": cfg.config_hash(),
            "batch_size": B, "image_size": cfg.data.image_size, "embed_dim": cfg.model.embed_dim,
            "num_mask": cfg.model.num_mask, "n_layers": cfg.model.n_layers, "steps": steps, "warmup": warmup,

@@ -240,15 +240,16 @@ def memory_child(spec: str) -> None:
     cfg = Config.from_dict(a["cfg"])
     dev = device_for(a["device"])
     precision = precision_for(cfg, dev)
-    batches = Batches(cfg, dev, bool(a["real_data"]))
+    batches = Batches(cfg, dev, bool(a["real_data"]), a.get("root"))
     runner = make_runner(a["name"], cfg, dev, precision)
     mem = PeakMemory(dev)
     peak, peak_abs = runner.step(batches, Clock(dev, False), autocast_for(precision, dev), mem)[3]
     report({"peak_bytes": peak, "peak_abs_bytes": peak_abs, "how": mem.how})
 
 
-def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: bool) -> dict:
+def memory_in_subprocess(cfg, name: str, device: str, threads: int, real_data: bool, root=None) -> dict:
     """Peak memory of one step of formulation `name`, first step in a fresh process, over the resident set
     once the model and the raw batch are built (so it counts activations, gradients and the optimiser state)."""
-    spec = {"cfg": cfg.to_dict(), "name": name, "device": device, "threads": threads, "real_data": real_data}
+    spec = {"cfg": cfg.to_dict(), "name": name, "device": device, "threads": threads, "real_data": real_data,
+            "root": None if root is None else str(root)}
     return in_fresh_process("infmask.bench.step:memory_child", spec, name)

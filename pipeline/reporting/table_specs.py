@@ -7,6 +7,8 @@ from typing import Callable
 
 import pandas as pd
 
+from infmask.models.method_registry import display_names
+
 from .selection import metric_goal, metric_scale
 
 
@@ -65,8 +67,7 @@ class TableSpec:
         return sorted({b for v in self.variants for _, b in v.benchmarks})
 
 
-BASE_NAMES = (("infmasking", "InfMasking"), ("comm", "CoMM"), ("cross", "Cross"), ("cross_self", "Cross+Self"),
-              ("cmc", "CMC"))
+BASE_NAMES = display_names()   # every registered method, in registry order
 _ACC = "linear_probe_acc_pct"
 
 

@@ -19,7 +19,7 @@ def bench_cli(args) -> int:
                 threads=getattr(args, "threads", None), real_data=bool(getattr(args, "data", False)),
                 savings=bool(getattr(args, "savings", False)), extras=bool(getattr(args, "optimisations", False)),
                 memory=not getattr(args, "no_memory", False), real_steps=getattr(args, "real_steps", 0) or 0,
-                log=log)
+                log=log, root=args.root)
     log(format_report(res))
     if args.json:
         write_json(args.json, res)

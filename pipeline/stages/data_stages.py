@@ -40,7 +40,7 @@ def download_cli(args) -> int:
             check_base_url(args.base_url)
         except BadMirrorURL as e:
             raise UsageError(str(e)) from None
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     t0 = time.time()
     out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
     _log_stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
@@ -102,7 +102,7 @@ def preprocess_cli(args) -> int:
     if bad:
         raise UsageError(f"preprocess takes only data.* overrides, got '{bad[0]}'")
     cfg = build_config(args.benchmark, method, args.preset, overrides=args.overrides)
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     entry = dataset_for(cfg.data.dataset)
     t0 = time.time()
     out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)

@@ -373,7 +373,7 @@ def pretrain_cli(args) -> int:
                             header=header("pretrain", args, [args.benchmark, "--method", args.method,
                                                              "--preset", args.preset, *args.overrides])), end="")
         return 0
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     print(f"infmask pretrain {cfg.run_id}: preset {cfg.preset}, workspace {ws.root}", flush=True)
     res = pretrain(cfg, ws, force=args.force)
     if res.status == "worker":  # a DDP rank > 0: rank 0 reports

@@ -161,7 +161,7 @@ def _print_probe(cfg, tasks, per_test, mean_val):
 
 
 def probe_cli(args) -> int:
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     ckpt = resolve_checkpoint(args.run, ws, args.checkpoint)
     print(f"infmask probe {ckpt}: linear probes, workspace {ws.root}", flush=True)
     probe(ckpt, ws, force=args.force)

@@ -31,7 +31,7 @@ def run_cli(args) -> int:
     configs = list({c.run_id: c for c in configs}.values())
     if getattr(args, "print_config", False):
         return _print_configs(args, methods, variants, seeds)
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     ResultsStore(ws.db_path)  # a damaged store stops the run here, not after the data is prepared
     shape = [f"{len(methods)} method{'s' * (len(methods) != 1)}"]
     n_variants = len(configs) // max(1, len(methods) * len(seeds))

@@ -36,7 +36,7 @@ def trial_cli(args) -> int:
     if os.environ.get(CHECK_ENV) == "1":
         print(f"{CHECK_PASSED} {cfg.run_id}")
         return 0
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     sweep_id = os.environ.get("WANDB_SWEEP_ID")
     # The agent's run id (W&B's, or the trial id `infmask sweep` gives): the W&B run's id and folder name.
     agent_run_id = os.environ.get("WANDB_RUN_ID") or None

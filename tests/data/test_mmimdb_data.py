@@ -269,7 +269,6 @@ def test_datamodule_errors_are_usage_errors(env, indexed, monkeypatch):
     from infmask.models import clip_towers as ct
 
     monkeypatch.delenv(ct.ENV_DIR, raising=False)
-    ct.set_weights_dir(None)
     cfg = build_config("mmimdb", "infmasking", "smoke", overrides=[f"data.image_size={TEST_IMAGE_SIZE}"])
     with pytest.raises(UsageError, match=HUB_NAME):
         S.datamodule(env["ws"], cfg)

@@ -29,8 +29,7 @@ def weights(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
-    """No process default, no env dir, an empty HF cache, and any attempt to open a connection fails."""
-    ct.set_weights_dir(None)
+    """No env dir, an empty HF cache, and any attempt to open a connection fails."""
     monkeypatch.delenv(ct.ENV_DIR, raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -39,15 +38,15 @@ def offline(monkeypatch, tmp_path):
         raise OSError("network access in a test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield
-    ct.set_weights_dir(None)
 
 
 def test_registered_and_imports_stay_light():
-    from infmask.models.encoders import ENCODERS
+    from infmask.models.encoders import encoder_class, encoder_names
 
-    assert ENCODERS["clip_image"] is ct.ClipImageEncoder and ENCODERS["clip_text"] is ct.ClipTextEncoder
+    assert encoder_class("clip_image") is ct.ClipImageEncoder and encoder_class("clip_text") is ct.ClipTextEncoder
+    assert {"clip_image", "clip_text"} <= set(encoder_names())
     code = ("import sys, infmask.models.encoders; assert 'transformers' not in sys.modules; "
+            "assert 'infmask.models.clip_towers' not in sys.modules; "
             "import transformers.models.clip.modeling_clip, transformers; "
             "assert 'torchvision' not in sys.modules and 'timm' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -141,15 +140,22 @@ def test_missing_weights_say_what_to_fetch_and_where(tmp_path, monkeypatch):
         ct.ClipImageEncoder(width=768)(torch.randn(1, 3, 64, 64))
 
 
-def test_weights_found_by_env_by_default_dir_and_directly(weights, monkeypatch):
+def test_weights_found_by_env_by_weights_dir_and_directly(weights, monkeypatch):
+    from infmask.models.encoders import build_encoder
+
     path = weights / HUB_NAME
     monkeypatch.setenv(ct.ENV_DIR, str(weights))
     assert ct.resolve_weights(HUB_NAME) == path
     monkeypatch.delenv(ct.ENV_DIR)
-    ct.set_weights_dir(path)                 # a directory that is the model itself
-    assert ct.resolve_weights(HUB_NAME) == path
-    ct.set_weights_dir(None)
+    assert ct.resolve_weights(HUB_NAME, weights_dir=path) == path   # a directory that is the model itself
+    with pytest.raises(ct.MissingWeightsError):
+        ct.resolve_weights(HUB_NAME)
     assert ct.resolve_weights(str(path)) == path
+    # the config's data.weights_dir reaches the towers through build_encoder; encoder_kwargs take precedence
+    enc = build_encoder("clip_text", default_weights_dir=str(weights), weights=HUB_NAME)
+    assert enc.weights_dir == str(weights) and enc.width == 512
+    enc = build_encoder("clip_text", default_weights_dir="/nowhere", weights=HUB_NAME, weights_dir=str(weights))
+    assert enc.weights_dir == str(weights)
     enc = ct.ClipTextEncoder(weights=str(path))      # width read from config.json when not given
     assert enc.width == 512
 

@@ -20,6 +20,17 @@ def test_each_stage_has_help(stage, capsys):
     assert "usage: infmask " + stage in capsys.readouterr().out
 
 
+def test_help_names_the_registered_methods_without_torch():
+    code = ("import sys; from infmask.cli import main; rc = main(['pretrain', '--help']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; import infmask.config; "
+            "assert 'torch' not in sys.modules, 'torch imported by the config'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from infmask.models.method_registry import METHOD_NAMES
+
+    assert " | ".join(METHOD_NAMES) in " ".join(out.stdout.split())
+
+
 def test_python_m_pipeline_is_infmask():
     out = subprocess.run([sys.executable, "-m", "pipeline", "download", "--list"], capture_output=True, text=True,
                          timeout=120)

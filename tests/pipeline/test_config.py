@@ -115,6 +115,27 @@ def test_method_names_match_registry():
     assert set(METHODS) == set(METHOD_NAMES)
 
 
+def test_model_and_optim_defaults_are_the_registry_s():
+    """One set of defaults: the config's sections are the method registry's knobs, and a method built from a
+    partial dict fills in the same values (channels_last included)."""
+    import dataclasses
+
+    from infmask.config import ModelConfig, OptimConfig
+    from infmask.models.method_registry import model_defaults, optim_defaults
+    from infmask.models.methods import MODEL_DEFAULTS, OPTIM_DEFAULTS
+
+    assert dataclasses.asdict(ModelConfig()) == model_defaults() == MODEL_DEFAULTS
+    assert dataclasses.asdict(OptimConfig()) == optim_defaults() == OPTIM_DEFAULTS
+    assert ModelConfig().channels_last is True
+
+
+def test_method_knobs_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match=r"model.cross_self_hidden: must be >= 1, got 0"):
+        build_config("trifeatures", "cross_self", "smoke", overrides=["model.cross_self_hidden=0"])
+    with pytest.raises(ConfigError, match=r"model.ssl_scale: must be >= 0"):
+        build_config("trifeatures", "infmasking", "smoke", overrides=["model.ssl_scale=-1"])
+
+
 def test_every_benchmark_builds_every_preset():
     for b in benchmarks():
         from infmask.config import benchmark_spec

@@ -41,7 +41,6 @@ def test_without_weights_pretrain_exits_2_naming_what_to_fetch(site, capsys, mon
 
     monkeypatch.delenv(ct.ENV_DIR, raising=False)
     monkeypatch.setenv("HF_HOME", str(site["base"] / "no-hf-cache"))
-    ct.set_weights_dir(None)
     assert _cli(site, "download", "mmimdb", "--base-url", site["url"]) == 0
     capsys.readouterr()
     assert _cli(site, "pretrain", "mmimdb", "--preset", "smoke", f"data.image_size={TEST_IMAGE_SIZE}") == 2

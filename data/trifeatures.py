@@ -27,18 +27,14 @@ Only numpy and scipy are needed to generate; torch is imported lazily to resize 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import os
-import shutil
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage, special
+
+from .manifest import building, finalise, read_manifest, sha256_file, verify  # noqa: F401 (read_manifest, verify: part of this module's API)
 
 SHAPES = ("triangle", "square", "plus", "circle", "tee", "rhombus", "pentagon", "star", "fivesquare", "trapezoid")
 TEXTURES = ("solid", "stripes", "grid", "hexgrid", "dots", "noise", "triangles", "zigzags", "rain", "pluses")
@@ -286,116 +282,7 @@ def parse_filename(filename: str) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Files: hashing, manifests, atomic directories
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _partial_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-
-
-def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete build directories left by processes that no longer run (a killed generation)."""
-    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
-        for p in out_dir.parent.glob(pattern):
-            try:
-                pid = int(p.name.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if pid == os.getpid() or not _pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _finalise(partial: Path, out_dir: Path, params: dict) -> dict:
-    """Hash every file, write the manifest last, fsync, then move the directory into place."""
-    files = {}
-    for p in sorted(partial.iterdir()):
-        if p.is_file():
-            _fsync_path(p)
-            files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    manifest = {"params": params, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = partial / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync_path(tmp)
-    os.replace(tmp, partial / "manifest.json")
-    _fsync_path(partial)
-    if out_dir.exists():
-        # A rename cannot replace a non-empty directory: move the old one aside first, delete it after.
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(partial, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out_dir)
-    _fsync_path(out_dir.parent)
-    return manifest
-
-
-def read_manifest(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "manifest.json").read_text())
-
-
-def verify(out_dir: Path, expect: dict | None = None, deep: bool = True) -> list[str]:
-    """Problems with a generated or processed directory; an empty list means complete and intact.
-
-    ``expect``: parameters the manifest must carry (e.g. ``{"seed": 42, "size": 224}``); a mismatch is a problem.
-    ``deep=False`` checks presence and sizes only (skips re-hashing).
-    """
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return [f"{out_dir}: missing directory"]
-    mpath = out_dir / "manifest.json"
-    if not mpath.is_file():
-        return [f"{mpath}: missing manifest (incomplete directory)"]
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-        params = manifest["params"]
-    except (ValueError, KeyError, TypeError) as e:
-        return [f"{mpath}: unreadable manifest ({e})"]
-    problems = []
-    if not files:
-        problems.append(f"{mpath}: lists no files")
-    for name, meta in sorted(files.items()):
-        p = out_dir / name
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != meta.get("size"):
-            problems.append(f"{p}: size {p.stat().st_size} != {meta.get('size')} (truncated or corrupt)")
-        elif deep and sha256_file(p) != meta.get("sha256"):
-            problems.append(f"{p}: sha256 mismatch (corrupt)")
-    for k, v in (expect or {}).items():
-        if params.get(k) != v:
-            problems.append(f"{mpath}: parameter {k}={params.get(k)!r}, expected {v!r}")
-    return problems
+# Files: each set is a manifest-backed build directory (data/manifest.py)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -419,12 +306,17 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
     renderer = Renderer(size)  # validates size
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     t0 = time.perf_counter()
+    with building(out_dir) as partial:
+        manifest = _render_into(partial, out_dir, seed, size, renderer, progress, t0)
+    seconds = time.perf_counter() - t0
+    _log(progress, f"trifeatures: generated {manifest['params']['n_train'] + manifest['params']['n_test']} images "
+                   f"at {size}x{size} in {seconds:.1f} s -> {out_dir}")
+    return {**manifest, "seconds": seconds}
+
+
+def _render_into(partial: Path, out_dir: Path, seed: int, size: int, renderer: "Renderer", progress: bool,
+                 t0: float) -> dict:
 
     rng = np.random.default_rng(int(seed))
     is_test = np.zeros(N_TRIPLETS, dtype=np.int64)
@@ -479,10 +371,7 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
         "size": int(size), "n_train": len(entries["train"]), "n_test": len(entries["test"]),
         "shapes": list(SHAPES), "textures": list(TEXTURES), "colours": list(COLOURS),
     }
-    manifest = _finalise(partial, out_dir, params)
-    seconds = time.perf_counter() - t0
-    _log(progress, f"trifeatures: generated {total} images at {size}x{size} in {seconds:.1f} s -> {out_dir}")
-    return {**manifest, "seconds": seconds}
+    return finalise(partial, out_dir, params)
 
 
 def _write_label_csv(path: Path, rows) -> None:
@@ -517,41 +406,6 @@ def _attributes_of(rows: list[dict], split: str) -> np.ndarray:
     if [r["index"] for r in sel] != list(range(len(sel))):
         raise ValueError(f"labels: indices of split {split!r} are not 0..N-1")
     return np.array([(r["shape"], r["texture"], r["colour"]) for r in sel], dtype=np.int64).reshape(-1, 3)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# PNG export (inspection only)
-
-
-def _png_bytes(img: np.ndarray) -> bytes:
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))  # filter type 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-
-
-def export_png(out_dir: Path, dest: Path, limit: int | None = None) -> int:
-    """Write ``dest/<split>/<filename>`` PNGs (the reference's names) for the first ``limit`` images per split."""
-    out_dir, dest = Path(out_dir), Path(dest)
-    problems = verify(out_dir, deep=False)
-    if problems:
-        raise ValueError(f"out_dir: not a complete Trifeatures directory: {problems[0]}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit: must be >= 0, got {limit}")
-    rows = read_labels(out_dir / "labels.csv")
-    n = 0
-    for split in ("train", "test"):
-        images = np.load(out_dir / f"images_{split}.npy", mmap_mode="r")
-        (dest / split).mkdir(parents=True, exist_ok=True)
-        sel = sorted((r for r in rows if r["split"] == split), key=lambda r: r["index"])[:limit]
-        for r in sel:
-            (dest / split / r["filename"]).write_bytes(_png_bytes(np.ascontiguousarray(images[r["index"]])))
-            n += 1
-    return n
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,40 +509,36 @@ def preprocess(raw_dir: Path, out_dir: Path, image_size: int = DEFAULT_SIZE, val
     select = {"train": ("train", np.nonzero(~in_val)[0]), "val": ("train", np.nonzero(in_val)[0]),
               "test": ("test", np.arange(len(raw_attrs["test"])))}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    perm = colour_permutation(data_seed)
-    counts = {}
-    for split in SPLITS:
-        source, idx = select[split]
-        raw_images = np.load(raw_dir / f"images_{source}.npy", mmap_mode="r")
-        images = resize_images(raw_images[idx] if len(idx) else raw_images[:0], image_size)
-        np.save(partial / f"images_{split}.npy", images)
-        attrs = raw_attrs[source][idx].reshape(-1, 3)
-        np.save(partial / f"attributes_{split}.npy", attrs)
-        _write_label_csv(partial / f"labels_{split}.csv",
-                         [(split, k, raw_names[source][i], *attrs[k]) for k, i in enumerate(idx)])
-        pairs = {}
-        for biased in (False, True):
-            tag = "biased" if biased else "unbiased"
-            pairs[tag] = sample_pairs(attrs, data_seed, biased, max_size).reshape(-1, 2)
-            np.save(partial / f"pairs_{split}_{tag}.npy", pairs[tag])
-        np.save(partial / f"probe_labels_{split}.npy", task_labels(pairs["unbiased"], attrs, perm).reshape(-1, 4))
-        counts[split] = {"images": int(len(idx)), "triplets": int(len(np.unique(attrs @ np.array([100, 10, 1])))),
-                         "pairs_unbiased": int(len(pairs["unbiased"])), "pairs_biased": int(len(pairs["biased"]))}
-        _log(progress, f"trifeatures: {split}: {counts[split]}")
-    params = {
-        "dataset": "trifeatures", "kind": "processed", "preprocess_version": PREPROCESS_VERSION,
-        "image_size": int(image_size), "val_fraction": float(val_fraction), "max_size": int(max_size),
-        "data_seed": int(data_seed), "raw_seed": raw_manifest["params"]["seed"],
-        "raw_size": raw_manifest["params"]["size"],
-        "raw_manifest_sha256": sha256_file(raw_dir / "manifest.json"),
-        "colour_permutation": [int(p) for p in perm], "probe_tasks": list(PROBE_TASKS), "counts": counts,
-    }
-    manifest = _finalise(partial, out_dir, params)
+    with building(out_dir) as partial:
+        perm = colour_permutation(data_seed)
+        counts = {}
+        for split in SPLITS:
+            source, idx = select[split]
+            raw_images = np.load(raw_dir / f"images_{source}.npy", mmap_mode="r")
+            images = resize_images(raw_images[idx] if len(idx) else raw_images[:0], image_size)
+            np.save(partial / f"images_{split}.npy", images)
+            attrs = raw_attrs[source][idx].reshape(-1, 3)
+            np.save(partial / f"attributes_{split}.npy", attrs)
+            _write_label_csv(partial / f"labels_{split}.csv",
+                             [(split, k, raw_names[source][i], *attrs[k]) for k, i in enumerate(idx)])
+            pairs = {}
+            for biased in (False, True):
+                tag = "biased" if biased else "unbiased"
+                pairs[tag] = sample_pairs(attrs, data_seed, biased, max_size).reshape(-1, 2)
+                np.save(partial / f"pairs_{split}_{tag}.npy", pairs[tag])
+            np.save(partial / f"probe_labels_{split}.npy", task_labels(pairs["unbiased"], attrs, perm).reshape(-1, 4))
+            counts[split] = {"images": int(len(idx)), "triplets": int(len(np.unique(attrs @ np.array([100, 10, 1])))),
+                             "pairs_unbiased": int(len(pairs["unbiased"])), "pairs_biased": int(len(pairs["biased"]))}
+            _log(progress, f"trifeatures: {split}: {counts[split]}")
+        params = {
+            "dataset": "trifeatures", "kind": "processed", "preprocess_version": PREPROCESS_VERSION,
+            "image_size": int(image_size), "val_fraction": float(val_fraction), "max_size": int(max_size),
+            "data_seed": int(data_seed), "raw_seed": raw_manifest["params"]["seed"],
+            "raw_size": raw_manifest["params"]["size"],
+            "raw_manifest_sha256": sha256_file(raw_dir / "manifest.json"),
+            "colour_permutation": [int(p) for p in perm], "probe_tasks": list(PROBE_TASKS), "counts": counts,
+        }
+        manifest = finalise(partial, out_dir, params)
     seconds = time.perf_counter() - t0
     _log(progress, f"trifeatures: preprocessed in {seconds:.1f} s -> {out_dir}")
     return {**manifest, "seconds": seconds}
@@ -709,12 +559,3 @@ def load_processed(out_dir: Path, split: str, mmap: bool = True) -> dict:
         "probe_labels": np.load(out_dir / f"probe_labels_{split}.npy"),
         "colour_permutation": np.array(read_manifest(out_dir)["params"]["colour_permutation"], dtype=np.int64),
     }
-
-
-def __getattr__(name: str):
-    # The data module needs Lightning; importing it lazily keeps generation (numpy + scipy) light.
-    if name == "TrifeaturesDataModule":
-        from .base import TrifeaturesDataModule
-
-        return TrifeaturesDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

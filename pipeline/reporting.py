@@ -946,10 +946,8 @@ def _figure(w: float, h: float):
 
 def save_figure(fig, path: Path) -> Path:
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:  # fsynced before it replaces the old figure
         fig.savefig(tmp, format="png")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
     return path
 
 

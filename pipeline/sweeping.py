@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from .errors import UsageError
+from .workspace import atomic_path
 
 TRIAL_STATUSES = ("running", "finished", "failed", "preempted")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -242,11 +243,8 @@ def write_param_file(path: str, params: dict) -> None:
     """The agent's file (`wandb_version: 1`, then `name: {value: v}`, via wandb's config_util), written atomically."""
     from wandb.sdk.lib import config_util
 
-    tmp = f"{path}.tmp"
-    config_util.save_config_file_from_dict(tmp, {k: {"value": v} for k, v in params.items()})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        config_util.save_config_file_from_dict(str(tmp), {k: {"value": v} for k, v in params.items()})
 
 
 def build_argv(command: list | None, program: str | None, params: dict, *, interpreter: str = sys.executable,

@@ -13,7 +13,10 @@ Layout (``paths.raw`` = raw/mmimdb, ``paths.processed`` = processed/mmimdb)::
                                         text_mask_prob, max_items, data_seed)
 
 The frozen towers' weights are found through ``data.weights_dir`` (or $INFMASK_CLIP_DIR); they are never
-downloaded (models/clip_towers.py). Missing data or weights are ``DatasetError``s that say what to fetch.
+downloaded (models/clip_towers.py). This is the one place the data layer reaches down into ``infmask.models``
+(imported where used): the stages need the towers' tokenizer, their input size and width to check the config
+against, and the towers themselves to fill the feature cache. The data module and its datasets do not.
+Missing data or weights are ``DatasetError``s that say what to fetch.
 """
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def download_cli(args) -> int:
             check_base_url(args.base_url)
         except BadMirrorURL as e:
             raise UsageError(str(e)) from None
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     t0 = time.time()
     with _as_usage_errors():
         out = entry.stages.download(entry, paths_for(ws, entry), data_seed=args.data_seed, force=args.force,
@@ -123,7 +123,7 @@ def preprocess_cli(args) -> int:
     if bad:
         raise UsageError(f"preprocess takes only data.* overrides, got '{bad[0]}'")
     cfg = build_config(args.benchmark, method, args.preset, overrides=args.overrides)
-    ws = Workspace.open()
+    ws = Workspace.open(args.root)
     entry = dataset_for(cfg.data.dataset)
     t0 = time.time()
     with _as_usage_errors():

@@ -38,7 +38,7 @@ IMAGE_ENCODER, TEXT_ENCODER = "clip_image", "clip_text"
 
 @dataclass(frozen=True)
 class MMIMDbSettings:
-    modalities: list = ()           # the model's modalities: the image tower, then the text tower (encoder kwargs)
+    modalities: tuple | list = ()   # the model's modalities: the image tower, then the text tower (encoder kwargs)
     weights_dir: str | None = None  # where the towers' weights are, unless an encoder's own weights_dir says
     image_size: int = 224
     image_norm: str = "imagenet"
@@ -142,7 +142,7 @@ def _tower_kwargs(s: MMIMDbSettings) -> tuple[dict, dict]:
 
 
 def tower_paths(s: MMIMDbSettings) -> tuple[Path, Path]:
-    """Local directories of the image and text towers; a usage error naming what to fetch when absent."""
+    """Local directories of the image and text towers; a ``DatasetError`` naming what to fetch when absent."""
     from infmask.models import clip_towers as ct
 
     img_kw, txt_kw = _tower_kwargs(s)

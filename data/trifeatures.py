@@ -113,7 +113,7 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
 
 def _render_into(partial: Path, out_dir: Path, seed: int, size: int, renderer: "Renderer", progress: bool,
                  t0: float) -> dict:
-
+    """Render every image into ``partial`` and finalise it as ``out_dir``; returns the manifest."""
     rng = np.random.default_rng(int(seed))
     is_test = np.zeros(N_TRIPLETS, dtype=np.int64)
     is_test[:N_TEST_TRIPLETS] = 1

@@ -14,6 +14,8 @@ import kornia.augmentation as K
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # the statistics CLIP was trained with (data.image_norm=clip)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def to_float_nchw(x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ URLs are shown, logged and written only without credentials (``data/urls.redact_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Callable
 import requests
 
 from . import trust_store
-from .durable import fsync_dir, locked, write_json_atomic
+from .durable import fsync_dir, locked, sha256_file, write_json_atomic
 from .transfer import ChecksumError, ContentError, DownloadError, PartHash, human, read_json, transfer
 from .urls import redact_url
 
@@ -48,14 +47,6 @@ def drive_url(file_id: str) -> str:
     if not isinstance(file_id, str) or not re.fullmatch(r"[A-Za-z0-9_-]{10,}", file_id):
         raise ValueError(f"file_id: {file_id!r} is not a Google Drive file id")
     return f"https://drive.google.com/uc?export=download&id={file_id}"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _sidecar(dest: Path, suffix: str) -> Path:

@@ -31,16 +31,14 @@ re-hashes (or, with ``deep=False``, checks sizes).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .manifest import building, finalise, read_manifest, verify  # noqa: F401
 
 PREPROCESS_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -86,110 +84,9 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ manifests
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def start_partial(out_dir: Path) -> Path:
-    """A fresh build directory beside ``out_dir``; build directories of dead processes are removed first."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for p in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
-            continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
-    for p in out_dir.parent.glob(f".{out_dir.name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    partial = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    partial.mkdir()
-    return partial
-
-
-def finalise(partial: Path, out_dir: Path, params: dict) -> dict:
-    """Hash every file of ``partial`` into manifest.json (written last), then rename the directory into place."""
-    partial, out_dir = Path(partial), Path(out_dir)
-    files = {}
-    for p in sorted(partial.iterdir()):
-        if p.is_file():
-            _fsync(p)
-            files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    manifest = {"params": params, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = partial / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync(tmp)
-    json.loads(tmp.read_text())
-    os.replace(tmp, partial / "manifest.json")
-    _fsync(partial)
-    if out_dir.exists():  # a rename cannot replace a non-empty directory: move the old one aside first
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(partial, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out_dir)
-    _fsync(out_dir.parent)
-    return manifest
-
-
-def read_manifest(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "manifest.json").read_text())
-
-
-def verify(out_dir: Path, expect: dict | None = None, deep: bool = True) -> list[str]:
-    """Problems with a processed directory (empty list: complete and intact). ``expect``: manifest parameters
-    that must match; ``deep=False`` checks presence and sizes only."""
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return [f"{out_dir}: missing directory"]
-    mpath = out_dir / "manifest.json"
-    if not mpath.is_file():
-        return [f"{mpath}: missing manifest (incomplete directory)"]
-    try:
-        manifest = json.loads(mpath.read_text())
-        files, params = manifest["files"], manifest["params"]
-    except (ValueError, KeyError, TypeError) as e:
-        return [f"{mpath}: unreadable manifest ({e})"]
-    problems = [] if files else [f"{mpath}: lists no files"]
-    for name, meta in sorted(files.items()):
-        p = out_dir / name
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != meta.get("size"):
-            problems.append(f"{p}: size {p.stat().st_size} != {meta.get('size')} (truncated or corrupt)")
-        elif deep and sha256_file(p) != meta.get("sha256"):
-            problems.append(f"{p}: sha256 mismatch (corrupt)")
-    for k, v in (expect or {}).items():
-        if params.get(k) != v:
-            problems.append(f"{mpath}: parameter {k}={params.get(k)!r}, expected {v!r}")
-    return problems
-
+# ------------------------------------------------------------------------------------------------ builds
+# Each processed set is a manifest-backed build directory (data/manifest.py): read_manifest and verify are part of
+# this module's API.
 
 def load_split(out_dir: Path, split: str, mmap: bool = True) -> dict[str, np.ndarray]:
     """Every ``<name>_<split>.npy`` array of a processed directory, keyed by name (memory-mapped)."""
@@ -327,8 +224,7 @@ def preprocess_affect(pickle_path: Path, out_dir: Path, dataset: str, progress: 
     t0 = time.perf_counter()
     data = safe_unpickle(pickle_path)
     validate_affect(data, dataset, source=str(pickle_path))
-    partial = start_partial(out_dir)
-    try:
+    with building(out_dir) as partial:
         counts = {}
         for split, key in AFFECT_PICKLE_SPLITS.items():
             arrays, counts[split] = process_affect_split(data[key], dataset)
@@ -341,9 +237,6 @@ def preprocess_affect(pickle_path: Path, out_dir: Path, dataset: str, progress: 
                   "dims": AFFECT_DIMS[dataset], "seq_len": AFFECT_SEQ_LEN, "counts": counts,
                   "tasks": {"label": "binary"}, **(extra_params or {})}
         manifest = finalise(partial, out_dir, params)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**manifest, "seconds": time.perf_counter() - t0}
 
 
@@ -408,8 +301,7 @@ def preprocess_mimic(pickle_path: Path, out_dir: Path, progress: bool = True, ex
     series, t_mean, t_std = _zscore(series, (0, 1))
     adm, bad_a = _finite_float(data["adm_labels_all"])
     y = np.asarray(data["y_icd9"]).astype(np.int64)
-    partial = start_partial(out_dir)
-    try:
+    with building(out_dir) as partial:
         counts = {}
         for split, idx in mimic_split(n).items():
             np.save(partial / f"static_{split}.npy", static[idx])
@@ -426,9 +318,6 @@ def preprocess_mimic(pickle_path: Path, out_dir: Path, progress: bool = True, ex
                              "series_mean": t_mean.tolist(), "series_std": t_std.tolist()},
                   **(extra_params or {})}
         manifest = finalise(partial, out_dir, params)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**manifest, "seconds": time.perf_counter() - t0}
 
 
@@ -549,8 +438,7 @@ def preprocess_vt(raw_dir: Path, out_dir: Path, val_fraction: float = 0.1, data_
     if len(set(names)) != len(names):
         raise SchemaError(f"{raw_dir}: duplicate episode file names; cannot define the sorted file split")
     split = vt_file_split(names, val_fraction, data_seed)
-    partial = start_partial(out_dir)
-    try:
+    with building(out_dir) as partial:
         counts, nonfinite, last = {}, {"ee_forces_continuous": 0, "proprio": 0}, time.monotonic()
         for name, idx in split.items():
             n = len(idx) * VT_ITEMS_PER_FILE
@@ -580,7 +468,4 @@ def preprocess_vt(raw_dir: Path, out_dir: Path, val_fraction: float = 0.1, data_
                   "random_step": {names[i]: vt_random_step(data_seed, i) for i in range(len(names))},
                   "reference_val_split": "test", **(extra_params or {})}
         manifest = finalise(partial, out_dir, params)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {**manifest, "seconds": time.perf_counter() - t0}

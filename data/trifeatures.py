@@ -27,37 +27,23 @@ Only numpy and scipy are needed to generate; torch is imported lazily to resize 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import os
-import shutil
-import struct
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage, special
 
-SHAPES = ("triangle", "square", "plus", "circle", "tee", "rhombus", "pentagon", "star", "fivesquare", "trapezoid")
-TEXTURES = ("solid", "stripes", "grid", "hexgrid", "dots", "noise", "triangles", "zigzags", "rain", "pluses")
-COLOURS = ("red", "green", "blue", "yellow", "pink", "cyan", "purple", "ocean", "orange", "white")
-COLOUR_RGB = np.array(
-    [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0.4, 1), (0, 1, 1), (0.3, 0, 0.5), (0.1, 0.4, 0.5),
-     (1, 0.6, 0), (1, 1, 1)],
-    dtype=np.float64,
-)
-BACKGROUND_RGB = np.array([0.5, 0.5, 0.5], dtype=np.float64)
-# RGB = m*colour + (1-m)*bg with a binary m, times 255, cast to uint8 (truncation): a lookup table is exact.
-COLOUR_U8 = (COLOUR_RGB * 255).astype(np.uint8)
-BACKGROUND_U8 = (BACKGROUND_RGB * 255).astype(np.uint8)
+# Both sets are manifest-backed build directories: read_manifest and verify are part of this module's API.
+from .manifest import building, finalise, read_manifest, sha256_file, verify  # noqa: F401
+
+# The generator's vocabulary and renderer, part of this module's API.
+from .trifeatures_render import (  # noqa: F401
+    BACKGROUND_RGB, BACKGROUND_U8, COLOUR_RGB, COLOUR_U8, COLOURS, DEFAULT_SIZE, SHAPES, TEXTURE_PERIOD, TEXTURES,
+    Renderer, _attr_id, rain_from_starts, render_image, rotate_centre_crop, shape_template, texture_pattern)
 
 N_TRIPLETS = len(SHAPES) * len(TEXTURES) * len(COLOURS)
 N_TEST_TRIPLETS = 200
 IMAGES_PER_TRAIN_TRIPLET = 3
-DEFAULT_SIZE = 224
-TEXTURE_PERIOD = 10
 PROBE_TASKS = ("share", "unique1", "unique2", "synergy")
 SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 1
@@ -65,200 +51,6 @@ PREPROCESS_VERSION = 1
 
 RAW_FILES = ("images_train.npy", "images_test.npy", "labels.csv")
 LABEL_COLUMNS = ("split", "index", "filename", "shape", "texture", "colour", "shape_id", "texture_id", "colour_id")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Geometry
-
-
-def shape_template(name: str, size: int = 128) -> np.ndarray:
-    """Binary (size, size) uint8 template of a shape; the reference's formulas at size 128, scaled constants otherwise."""
-    if name not in SHAPES:
-        raise ValueError(f"name: unknown shape {name!r}; valid: {', '.join(SHAPES)}")
-    if size < 8:
-        raise ValueError(f"size: must be >= 8, got {size}")
-    S = size
-    h = S // 2
-    i = np.arange(S, dtype=np.float64)[:, None]
-    j = np.arange(S, dtype=np.float64)[None, :]
-    full = np.ones((S, S), dtype=bool)
-    if name == "square":
-        m = full
-    elif name == "circle":
-        m = (i + 0.5 - h) ** 2 + (j + 0.5 - h) ** 2 < h**2
-    elif name == "triangle":
-        m = np.abs(j - h) - (i // 2) < 1
-    elif name in ("plus", "tee"):
-        w = S // 6
-        vertical = (j >= h - w) & (j <= h + w)
-        horizontal = ((i >= h - w) & (i <= h + w)) if name == "plus" else (i < S // 3)
-        m = vertical | horizontal
-    elif name == "rhombus":
-        d = j - h + (i // 2)
-        m = (d > 0) & (d < h)
-    elif name == "pentagon":
-        line = int(0.4 * S)
-        x_off = (i - line) // 3.1
-        m = np.where(i < line, np.abs(j - h) - 1.25 * i < 1, (x_off < j) & (j < S - x_off))
-    elif name == "star":
-        line, line2, line3 = int(0.4 * S), int(0.6 * S), int(0.55 * S)
-        top = (i < line) & (np.abs(j - h) - (i // 4) < 1)
-        x_off = 2.4 * (i - line)
-        band = (i >= line) & (i < line2) & (x_off < j) & (j < S - x_off)
-        a = 0.33 * S - 0.43 * (i - line3)
-        b = 0.62 * S - 1.05 * (i - line3)
-        legs = (i >= line3) & (((a < j) & (j < b)) | ((a < S - j) & (S - j < b)))
-        m = top | band | legs
-    elif name == "fivesquare":
-        c1, c2 = S // 3, int(2 * S / 3)
-        rb = (i >= c1).astype(int) + (i >= c2)
-        cb = (j >= c1).astype(int) + (j >= c2)
-        m = ((rb != 1) & (cb != 1)) | ((rb == 1) & (cb == 1))
-    else:  # trapezoid
-        x_off = i // 3.1
-        m = (x_off < j) & (j < S - x_off)
-    return np.broadcast_to(m, (S, S)).astype(np.uint8)
-
-
-def _periodic_texture(name: str, n: int) -> np.ndarray:
-    """Deterministic texture on an (n, n) grid of absolute coordinates I (rows), J (columns)."""
-    I = np.arange(n, dtype=np.int64)[:, None]
-    J = np.arange(n, dtype=np.int64)[None, :]
-    s, lw, slw = TEXTURE_PERIOD, 3, 2
-    y, x = I % s, J % s
-    if name == "solid":
-        m = np.ones((n, n), dtype=bool)
-    elif name == "stripes":
-        m = y < lw
-    elif name == "grid":
-        m = (y < lw) | (x < lw)
-    elif name == "hexgrid":
-        k = np.floor(1.73 * I).astype(np.int64)
-        m = ((J + k) % s < slw) | ((J - k) % s < slw) | (y < slw)
-    elif name == "dots":
-        m = (x - 5) ** 2 + (y - 5) ** 2 < 16
-    elif name == "triangles":
-        m = y // 2 - np.abs(x - 5) > 0
-    elif name == "zigzags":
-        xf = np.where((I // s) % 2 == 1, s - 1 - x, x)
-        m = (y // 2 < xf) & (xf < 5 + y // 2)
-    elif name == "pluses":
-        odd = (I // s) % 2 == 1
-        xo = (x < 1.5) | (s - x < 1.5) | ((np.abs(y - 5) < 1.5) & (np.abs(x - 5) > 1.5))
-        xe = (np.abs(x - 5) < 1.5) | (np.abs(y - 5) < 1.5)
-        m = np.where(odd, xo, xe)
-    else:
-        raise ValueError(f"name: {name!r} is not a periodic texture")
-    return np.broadcast_to(m, (n, n)).astype(np.uint8)
-
-
-def rain_from_starts(starts: np.ndarray, length: int = 7) -> np.ndarray:
-    """Vertical segments of `length` rows starting at every True of `starts`, clipped at the bottom edge.
-
-    out[i, j] = any(starts[i-length+1 .. i, j]): a sliding window sum along rows via one cumulative sum.
-    """
-    c = np.cumsum(starts, axis=0, dtype=np.int32)
-    window = c.copy()
-    window[length:] -= c[:-length]
-    return (window > 0).astype(np.uint8)
-
-
-class _TextureBank:
-    """Periodic textures precomputed once on an (n+period)^2 grid; an offset (o_x, o_y) is then a slice."""
-
-    def __init__(self, n: int):
-        self.n = n
-        self._base = {t: _periodic_texture(t, n + TEXTURE_PERIOD) for t in TEXTURES if t not in ("noise", "rain")}
-
-    def draw(self, name: str, rng: np.random.Generator, o_x: int, o_y: int) -> np.ndarray:
-        if name in ("noise", "rain"):
-            return self.random_texture(name, rng, self.n)
-        return self._base[name][o_y:o_y + self.n, o_x:o_x + self.n]
-
-    @staticmethod
-    def random_texture(name: str, rng: np.random.Generator, n: int) -> np.ndarray:
-        if name == "noise":
-            return rng.integers(0, 2, size=(n, n), dtype=np.uint8)
-        rng.integers(0, 10)  # the reference draws one unused integer first; kept so the stream has its shape
-        return rain_from_starts(rng.random((n, n)) < 0.05)
-
-
-def texture_pattern(name: str, rng: np.random.Generator, n: int = 448, o_x: int = 0, o_y: int = 0) -> np.ndarray:
-    """Binary (n, n) uint8 texture with offsets (the reference table); unrotated."""
-    if name not in TEXTURES:
-        raise ValueError(f"name: unknown texture {name!r}; valid: {', '.join(TEXTURES)}")
-    if name in ("noise", "rain"):
-        return _TextureBank.random_texture(name, rng, n)
-    return _periodic_texture(name, n + TEXTURE_PERIOD)[o_y:o_y + n, o_x:o_x + n].copy()
-
-
-def rotate_centre_crop(texture: np.ndarray, angle: float, crop: int) -> np.ndarray:
-    """Equals ``scipy.ndimage.rotate(texture, angle, order=0, reshape=False)`` cropped to its centre crop x crop.
-
-    Only the crop is sampled (the same affine map scipy builds, shifted by the crop origin): 4x less work at 448.
-    """
-    n = texture.shape[0]
-    start = (n - crop) // 2
-    c, s = special.cosdg(angle), special.sindg(angle)
-    rot = np.array([[c, s], [-s, c]])
-    centre = np.array([(n - 1) / 2, (n - 1) / 2])
-    offset = centre - rot @ centre + rot @ np.array([start, start], dtype=np.float64)
-    return ndimage.affine_transform(texture, rot, offset, output_shape=(crop, crop), order=0, mode="constant",
-                                    cval=0, prefilter=False)
-
-
-class Renderer:
-    """Renders single images; holds the templates and periodic textures so a whole set costs one setup."""
-
-    def __init__(self, size: int = DEFAULT_SIZE):
-        if not isinstance(size, (int, np.integer)) or size < 32:
-            raise ValueError(f"size: must be an integer >= 32, got {size!r}")
-        self.size = int(size)
-        # The reference's geometry at 224: 128-px templates, 448-px texture canvas, centre crop [112:336].
-        self.template_size = int(round(self.size * 128 / 224))
-        self.texture_size = 2 * self.size
-        self.templates = {s: shape_template(s, self.template_size) for s in SHAPES}
-        self.textures = _TextureBank(self.texture_size)
-
-    def masks(self, shape: int, texture: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(shape mask, texture mask) on the size x size canvas, both binary uint8; RNG calls in the reference's order."""
-        size = self.size
-        angle = int(rng.integers(-45, 45))
-        # uint8 in, uint8 out: scipy rounds the bilinear result, i.e. thresholds at 0.5, so the mask stays binary.
-        rotated = ndimage.rotate(self.templates[SHAPES[shape]], angle, order=1, reshape=True)
-        rh, rw = rotated.shape
-        r0 = int(rng.integers(0, size - rh))
-        c0 = int(rng.integers(0, size - rw))
-        shape_mask = np.zeros((size, size), dtype=np.uint8)
-        shape_mask[r0:r0 + rh, c0:c0 + rw] = rotated
-        o_x = int(rng.integers(0, TEXTURE_PERIOD))
-        o_y = int(rng.integers(0, TEXTURE_PERIOD))
-        tex = self.textures.draw(TEXTURES[texture], rng, o_x, o_y)
-        t_angle = int(rng.integers(-45, 45))
-        texture_mask = rotate_centre_crop(tex, t_angle, size)
-        return shape_mask, texture_mask
-
-    def render(self, shape: int, texture: int, colour: int, rng: np.random.Generator) -> np.ndarray:
-        shape_mask, texture_mask = self.masks(shape, texture, rng)
-        m = (shape_mask & texture_mask).astype(bool)
-        return np.where(m[..., None], COLOUR_U8[colour], BACKGROUND_U8)
-
-
-def render_image(shape: str | int, texture: str | int, colour: str | int, rng: np.random.Generator,
-                 size: int = DEFAULT_SIZE) -> np.ndarray:
-    """One (size, size, 3) uint8 image; attributes by name or id. For many images, reuse a ``Renderer``."""
-    return Renderer(size).render(_attr_id(shape, SHAPES, "shape"), _attr_id(texture, TEXTURES, "texture"),
-                                 _attr_id(colour, COLOURS, "colour"), rng)
-
-
-def _attr_id(value, names, what) -> int:
-    if isinstance(value, str):
-        if value not in names:
-            raise ValueError(f"{what}: unknown {what} {value!r}; valid: {', '.join(names)}")
-        return names.index(value)
-    if not 0 <= int(value) < len(names):
-        raise ValueError(f"{what}: id {value} out of range [0, {len(names)})")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -286,116 +78,7 @@ def parse_filename(filename: str) -> tuple[int, int, int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Files: hashing, manifests, atomic directories
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _partial_dir(out_dir: Path) -> Path:
-    return out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-
-
-def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete build directories left by processes that no longer run (a killed generation)."""
-    for pattern in (f".{out_dir.name}.partial-*", f".{out_dir.name}.old-*"):
-        for p in out_dir.parent.glob(pattern):
-            try:
-                pid = int(p.name.rsplit("-", 1)[1])
-            except ValueError:
-                continue
-            if pid == os.getpid() or not _pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _finalise(partial: Path, out_dir: Path, params: dict) -> dict:
-    """Hash every file, write the manifest last, fsync, then move the directory into place."""
-    files = {}
-    for p in sorted(partial.iterdir()):
-        if p.is_file():
-            _fsync_path(p)
-            files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    manifest = {"params": params, "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    tmp = partial / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    _fsync_path(tmp)
-    os.replace(tmp, partial / "manifest.json")
-    _fsync_path(partial)
-    if out_dir.exists():
-        # A rename cannot replace a non-empty directory: move the old one aside first, delete it after.
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        os.replace(out_dir, old)
-        os.replace(partial, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out_dir)
-    _fsync_path(out_dir.parent)
-    return manifest
-
-
-def read_manifest(out_dir: Path) -> dict:
-    return json.loads((Path(out_dir) / "manifest.json").read_text())
-
-
-def verify(out_dir: Path, expect: dict | None = None, deep: bool = True) -> list[str]:
-    """Problems with a generated or processed directory; an empty list means complete and intact.
-
-    ``expect``: parameters the manifest must carry (e.g. ``{"seed": 42, "size": 224}``); a mismatch is a problem.
-    ``deep=False`` checks presence and sizes only (skips re-hashing).
-    """
-    out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        return [f"{out_dir}: missing directory"]
-    mpath = out_dir / "manifest.json"
-    if not mpath.is_file():
-        return [f"{mpath}: missing manifest (incomplete directory)"]
-    try:
-        manifest = json.loads(mpath.read_text())
-        files = manifest["files"]
-        params = manifest["params"]
-    except (ValueError, KeyError, TypeError) as e:
-        return [f"{mpath}: unreadable manifest ({e})"]
-    problems = []
-    if not files:
-        problems.append(f"{mpath}: lists no files")
-    for name, meta in sorted(files.items()):
-        p = out_dir / name
-        if not p.is_file():
-            problems.append(f"{p}: missing")
-        elif p.stat().st_size != meta.get("size"):
-            problems.append(f"{p}: size {p.stat().st_size} != {meta.get('size')} (truncated or corrupt)")
-        elif deep and sha256_file(p) != meta.get("sha256"):
-            problems.append(f"{p}: sha256 mismatch (corrupt)")
-    for k, v in (expect or {}).items():
-        if params.get(k) != v:
-            problems.append(f"{mpath}: parameter {k}={params.get(k)!r}, expected {v!r}")
-    return problems
+# Files: each set is a manifest-backed build directory (data/manifest.py)
 
 
 def _log(progress: bool, msg: str) -> None:
@@ -419,13 +102,18 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
     renderer = Renderer(size)  # validates size
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     t0 = time.perf_counter()
+    with building(out_dir) as partial:
+        manifest = _render_into(partial, out_dir, seed, size, renderer, progress, t0)
+    seconds = time.perf_counter() - t0
+    _log(progress, f"trifeatures: generated {manifest['params']['n_train'] + manifest['params']['n_test']} images "
+                   f"at {size}x{size} in {seconds:.1f} s -> {out_dir}")
+    return {**manifest, "seconds": seconds}
 
+
+def _render_into(partial: Path, out_dir: Path, seed: int, size: int, renderer: "Renderer", progress: bool,
+                 t0: float) -> dict:
+    """Render every image into ``partial`` and finalise it as ``out_dir``; returns the manifest."""
     rng = np.random.default_rng(int(seed))
     is_test = np.zeros(N_TRIPLETS, dtype=np.int64)
     is_test[:N_TEST_TRIPLETS] = 1
@@ -479,10 +167,7 @@ def generate(out_dir: Path, seed: int = 42, size: int = DEFAULT_SIZE, progress: 
         "size": int(size), "n_train": len(entries["train"]), "n_test": len(entries["test"]),
         "shapes": list(SHAPES), "textures": list(TEXTURES), "colours": list(COLOURS),
     }
-    manifest = _finalise(partial, out_dir, params)
-    seconds = time.perf_counter() - t0
-    _log(progress, f"trifeatures: generated {total} images at {size}x{size} in {seconds:.1f} s -> {out_dir}")
-    return {**manifest, "seconds": seconds}
+    return finalise(partial, out_dir, params)
 
 
 def _write_label_csv(path: Path, rows) -> None:
@@ -517,41 +202,6 @@ def _attributes_of(rows: list[dict], split: str) -> np.ndarray:
     if [r["index"] for r in sel] != list(range(len(sel))):
         raise ValueError(f"labels: indices of split {split!r} are not 0..N-1")
     return np.array([(r["shape"], r["texture"], r["colour"]) for r in sel], dtype=np.int64).reshape(-1, 3)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# PNG export (inspection only)
-
-
-def _png_bytes(img: np.ndarray) -> bytes:
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[r].tobytes() for r in range(h))  # filter type 0 per row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-
-
-def export_png(out_dir: Path, dest: Path, limit: int | None = None) -> int:
-    """Write ``dest/<split>/<filename>`` PNGs (the reference's names) for the first ``limit`` images per split."""
-    out_dir, dest = Path(out_dir), Path(dest)
-    problems = verify(out_dir, deep=False)
-    if problems:
-        raise ValueError(f"out_dir: not a complete Trifeatures directory: {problems[0]}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit: must be >= 0, got {limit}")
-    rows = read_labels(out_dir / "labels.csv")
-    n = 0
-    for split in ("train", "test"):
-        images = np.load(out_dir / f"images_{split}.npy", mmap_mode="r")
-        (dest / split).mkdir(parents=True, exist_ok=True)
-        sel = sorted((r for r in rows if r["split"] == split), key=lambda r: r["index"])[:limit]
-        for r in sel:
-            (dest / split / r["filename"]).write_bytes(_png_bytes(np.ascontiguousarray(images[r["index"]])))
-            n += 1
-    return n
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -655,40 +305,36 @@ def preprocess(raw_dir: Path, out_dir: Path, image_size: int = DEFAULT_SIZE, val
     select = {"train": ("train", np.nonzero(~in_val)[0]), "val": ("train", np.nonzero(in_val)[0]),
               "test": ("test", np.arange(len(raw_attrs["test"])))}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out_dir)
-    partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    perm = colour_permutation(data_seed)
-    counts = {}
-    for split in SPLITS:
-        source, idx = select[split]
-        raw_images = np.load(raw_dir / f"images_{source}.npy", mmap_mode="r")
-        images = resize_images(raw_images[idx] if len(idx) else raw_images[:0], image_size)
-        np.save(partial / f"images_{split}.npy", images)
-        attrs = raw_attrs[source][idx].reshape(-1, 3)
-        np.save(partial / f"attributes_{split}.npy", attrs)
-        _write_label_csv(partial / f"labels_{split}.csv",
-                         [(split, k, raw_names[source][i], *attrs[k]) for k, i in enumerate(idx)])
-        pairs = {}
-        for biased in (False, True):
-            tag = "biased" if biased else "unbiased"
-            pairs[tag] = sample_pairs(attrs, data_seed, biased, max_size).reshape(-1, 2)
-            np.save(partial / f"pairs_{split}_{tag}.npy", pairs[tag])
-        np.save(partial / f"probe_labels_{split}.npy", task_labels(pairs["unbiased"], attrs, perm).reshape(-1, 4))
-        counts[split] = {"images": int(len(idx)), "triplets": int(len(np.unique(attrs @ np.array([100, 10, 1])))),
-                         "pairs_unbiased": int(len(pairs["unbiased"])), "pairs_biased": int(len(pairs["biased"]))}
-        _log(progress, f"trifeatures: {split}: {counts[split]}")
-    params = {
-        "dataset": "trifeatures", "kind": "processed", "preprocess_version": PREPROCESS_VERSION,
-        "image_size": int(image_size), "val_fraction": float(val_fraction), "max_size": int(max_size),
-        "data_seed": int(data_seed), "raw_seed": raw_manifest["params"]["seed"],
-        "raw_size": raw_manifest["params"]["size"],
-        "raw_manifest_sha256": sha256_file(raw_dir / "manifest.json"),
-        "colour_permutation": [int(p) for p in perm], "probe_tasks": list(PROBE_TASKS), "counts": counts,
-    }
-    manifest = _finalise(partial, out_dir, params)
+    with building(out_dir) as partial:
+        perm = colour_permutation(data_seed)
+        counts = {}
+        for split in SPLITS:
+            source, idx = select[split]
+            raw_images = np.load(raw_dir / f"images_{source}.npy", mmap_mode="r")
+            images = resize_images(raw_images[idx] if len(idx) else raw_images[:0], image_size)
+            np.save(partial / f"images_{split}.npy", images)
+            attrs = raw_attrs[source][idx].reshape(-1, 3)
+            np.save(partial / f"attributes_{split}.npy", attrs)
+            _write_label_csv(partial / f"labels_{split}.csv",
+                             [(split, k, raw_names[source][i], *attrs[k]) for k, i in enumerate(idx)])
+            pairs = {}
+            for biased in (False, True):
+                tag = "biased" if biased else "unbiased"
+                pairs[tag] = sample_pairs(attrs, data_seed, biased, max_size).reshape(-1, 2)
+                np.save(partial / f"pairs_{split}_{tag}.npy", pairs[tag])
+            np.save(partial / f"probe_labels_{split}.npy", task_labels(pairs["unbiased"], attrs, perm).reshape(-1, 4))
+            counts[split] = {"images": int(len(idx)), "triplets": int(len(np.unique(attrs @ np.array([100, 10, 1])))),
+                             "pairs_unbiased": int(len(pairs["unbiased"])), "pairs_biased": int(len(pairs["biased"]))}
+            _log(progress, f"trifeatures: {split}: {counts[split]}")
+        params = {
+            "dataset": "trifeatures", "kind": "processed", "preprocess_version": PREPROCESS_VERSION,
+            "image_size": int(image_size), "val_fraction": float(val_fraction), "max_size": int(max_size),
+            "data_seed": int(data_seed), "raw_seed": raw_manifest["params"]["seed"],
+            "raw_size": raw_manifest["params"]["size"],
+            "raw_manifest_sha256": sha256_file(raw_dir / "manifest.json"),
+            "colour_permutation": [int(p) for p in perm], "probe_tasks": list(PROBE_TASKS), "counts": counts,
+        }
+        manifest = finalise(partial, out_dir, params)
     seconds = time.perf_counter() - t0
     _log(progress, f"trifeatures: preprocessed in {seconds:.1f} s -> {out_dir}")
     return {**manifest, "seconds": seconds}
@@ -709,12 +355,3 @@ def load_processed(out_dir: Path, split: str, mmap: bool = True) -> dict:
         "probe_labels": np.load(out_dir / f"probe_labels_{split}.npy"),
         "colour_permutation": np.array(read_manifest(out_dir)["params"]["colour_permutation"], dtype=np.int64),
     }
-
-
-def __getattr__(name: str):
-    # The data module needs Lightning; importing it lazily keeps generation (numpy + scipy) light.
-    if name == "TrifeaturesDataModule":
-        from .base import TrifeaturesDataModule
-
-        return TrifeaturesDataModule
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -14,6 +13,7 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .progress import probe_due
+from .workspace import atomic_path
 
 log = logging.getLogger("infmask.pretrain")
 
@@ -22,12 +22,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to a temporary sibling, fsync, then rename: a kill mid-write never leaves a truncated last.ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(Path(path)) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 class PreemptionRequested(Exception):

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+# Files are written atomically and honour the umask through the project's one durable-IO helper; re-exported here,
+# where the pipeline's stages look for them.
+from infmask.data.durable import atomic_path, atomic_write_bytes, atomic_write_text, current_umask  # noqa: F401
 
 DEFAULT_ROOT = "workspace"
 
@@ -66,60 +68,3 @@ class Workspace:
     def checksums(self) -> Path:
         """Trust-on-first-use record of downloaded files (size, sha256)."""
         return self.root / "raw" / "checksums.json"
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux shows it (/proc), else by setting it back at once."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _temp_sibling(path: Path) -> tuple[int, str]:
-    """A temporary file beside `path` with the mode a plain open() would give it. mkstemp creates 0600 files, which
-    os.replace would carry over: collaborators on a shared workspace could not read reports, figures or configs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-    except BaseException:
-        os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return fd, tmp
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = _temp_sibling(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary sibling path to write; it replaces `path` only if the block succeeds. Like every file
-    written here, it gets the mode the umask gives."""
-    fd, tmp = _temp_sibling(path)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

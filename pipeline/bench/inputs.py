@@ -95,7 +95,7 @@ class Batches:
             self.transform = dm.transform_batch
             self.source = f"first batch of the {cfg.data.dataset} training loader"
         elif cfg.data.dataset == "trifeatures":
-            from infmask.data.base import TrifeaturesDataModule
+            from infmask.data.trifeatures_datamodule import TrifeaturesDataModule
 
             S = cfg.data.image_size
             # the config's augmentation, as training applies it (crop scale, blur range)

@@ -172,16 +172,10 @@ def format_report(res: dict) -> str:
 
 
 def write_json(path: str, res: dict) -> None:
-    from ..workspace import atomic_path
+    from ..workspace import atomic_write_bytes
 
     text = json.dumps(res, indent=1, default=str) + "\n"
     if path == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        json.loads(Path(tmp).read_text())      # verify before it replaces anything
+    atomic_write_bytes(Path(path), text.encode(), check=lambda tmp: json.loads(tmp.read_text()))  # verified first

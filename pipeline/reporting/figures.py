@@ -2,7 +2,6 @@
 written: a `matplotlib.figure.Figure` on the Agg canvas (no pyplot, no GUI, no global state), saved atomically."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -34,9 +33,7 @@ def save_figure(fig, path: Path) -> Path:
     """Every figure of the reports is written here (the tests read figures back by replacing this function)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fig.savefig(tmp, format="png")   # atomic_path fsyncs it before it replaces the old figure
     return path
 
 

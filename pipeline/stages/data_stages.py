@@ -1,11 +1,14 @@
-"""`infmask download` and `infmask preprocess`: thin wrappers over the dataset registry."""
+"""`infmask download` and `infmask preprocess`, and the data a run trains on: the edge where the workspace and the
+config become the plain arguments of the dataset registry's stages (data/interface.py)."""
 from __future__ import annotations
 
-import json
+import contextlib
+import os
 import time
 from pathlib import Path
 
-from infmask.data.registry import DATASETS, dataset_for
+from infmask.data.interface import DataPaths, DatasetError, settings_from
+from infmask.data.registry import DATASETS, DatasetEntry, dataset_for
 
 from ..config import benchmark_spec, build_config
 from ..errors import UsageError
@@ -26,6 +29,30 @@ def list_datasets() -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
 
 
+def paths_for(ws, entry: DatasetEntry) -> DataPaths:
+    """Where the workspace keeps ``entry``'s files (each build of processed/<dataset>/ names its own subfolder)."""
+    return DataPaths(raw=ws.raw(entry.name), processed=ws.processed(entry.name).parent, checksums=ws.checksums)
+
+
+def settings_for(cfg, entry: DatasetEntry):
+    """The dataset's settings from a run's config: its data section, plus the few keys of other sections a dataset
+    reads (the model's modalities, the probe protocol, the trainer's device and precision) and the mirror that
+    downloads started by a run use ($INFMASK_BASE_URL)."""
+    values = {**cfg.to_dict()["data"], "modalities": cfg.model.modalities, "probe_protocol": cfg.probe.protocol,
+              "accelerator": cfg.trainer.accelerator, "precision": cfg.trainer.precision,
+              "base_url": os.environ.get("INFMASK_BASE_URL") or None}
+    return settings_from(entry.stages.settings, values)
+
+
+@contextlib.contextmanager
+def _as_usage_errors():
+    """A dataset's refusal (bad input the user can fix) is a one-line usage error (exit 2)."""
+    try:
+        yield
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
+
+
 def download_cli(args) -> int:
     if args.list:
         print(list_datasets())
@@ -42,7 +69,9 @@ def download_cli(args) -> int:
             raise UsageError(str(e)) from None
     ws = Workspace.open(args.root)
     t0 = time.time()
-    out = entry.stage("download")(ws, entry, data_seed=args.data_seed, force=args.force, base_url=args.base_url)
+    with _as_usage_errors():
+        out = entry.stages.download(entry, paths_for(ws, entry), data_seed=args.data_seed, force=args.force,
+                                    base_url=args.base_url)
     _log_stage_run(ws, "download", entry.name, {"dataset": entry.name, "kind": entry.kind,
                                                 "data_seed": args.data_seed}, out, time.time() - t0)
     return 0
@@ -67,31 +96,23 @@ def _log_stage_run(ws, stage: str, name: str, config: dict, out, seconds: float)
 
 # Data this process has already made sure of: `infmask run` prepares every variant up front, then its pretrain
 # and probe steps ask again; they get the answer without a second check or a second "nothing to do" line. Keyed by
-# the processed folder where the dataset's stages module says which it is (Trifeatures' biased and unbiased runs
-# share one), else by the whole data section.
+# the processed folder where the dataset says runs share it (Trifeatures' biased and unbiased runs do), else by
+# the whole settings.
 _ENSURED: dict[tuple, object] = {}
-
-
-def _data_key(cfg, ws, entry) -> tuple:
-    import importlib
-
-    where = getattr(importlib.import_module(entry.preprocess.split(":")[0]), "processed_dir", None)
-    if where is not None:
-        try:
-            return str(ws.root), str(where(ws, cfg))
-        except Exception:  # noqa: BLE001 - a stages module that needs more than (ws, cfg): use the data section
-            pass
-    return str(ws.root), json.dumps(cfg.to_dict()["data"], sort_keys=True, default=str)
 
 
 def ensure_data(cfg, ws, force: bool = False):
     """Preprocess what `cfg` trains on (a generated dataset's preprocess generates its raw set when missing);
     idempotent."""
     entry = dataset_for(cfg.data.dataset)
-    key = _data_key(cfg, ws, entry)
+    paths, settings = paths_for(ws, entry), settings_for(cfg, entry)
+    stages = entry.stages
+    key = (str(ws.root), str(stages.processed_dir(paths, settings)),
+           "" if stages.builds_by_processed_dir else repr(settings))
     if key in _ENSURED and not force and (_ENSURED[key] is None or Path(_ENSURED[key]).exists()):
         return _ENSURED[key]
-    _ENSURED[key] = out = entry.stage("preprocess")(ws, entry, cfg, force=force)
+    with _as_usage_errors():
+        _ENSURED[key] = out = stages.preprocess(entry, paths, settings, force=force)
     return out
 
 
@@ -105,7 +126,8 @@ def preprocess_cli(args) -> int:
     ws = Workspace.open(args.root)
     entry = dataset_for(cfg.data.dataset)
     t0 = time.time()
-    out = entry.stage("preprocess")(ws, entry, cfg, force=args.force)
+    with _as_usage_errors():
+        out = entry.stages.preprocess(entry, paths_for(ws, entry), settings_for(cfg, entry), force=args.force)
     _log_stage_run(ws, "preprocess", f"{args.benchmark}-{args.preset}",
                    {"benchmark": args.benchmark, "preset": args.preset, "data": cfg.to_dict()["data"]}, out,
                    time.time() - t0)
@@ -114,7 +136,5 @@ def preprocess_cli(args) -> int:
 
 def datamodule_for(cfg, ws):
     entry = dataset_for(cfg.data.dataset)
-    module, _ = entry.preprocess.split(":")
-    import importlib
-
-    return importlib.import_module(module).datamodule(ws, cfg)
+    with _as_usage_errors():
+        return entry.stages.datamodule(entry, paths_for(ws, entry), settings_for(cfg, entry))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
+
+from ..workspace import atomic_path
 
 
 def param_path(wandb_dir: str, sweep_id: str, run_id: str) -> str:
@@ -16,11 +19,8 @@ def write_param_file(path: str, params: dict) -> None:
     """The agent's file (`wandb_version: 1`, then `name: {value: v}`, via wandb's config_util), written atomically."""
     from wandb.sdk.lib import config_util
 
-    tmp = f"{path}.tmp"
-    config_util.save_config_file_from_dict(tmp, {k: {"value": v} for k, v in params.items()})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(Path(path)) as tmp:
+        config_util.save_config_file_from_dict(str(tmp), {k: {"value": v} for k, v in params.items()})
 
 
 def build_argv(command: list | None, program: str | None, params: dict, *, interpreter: str = sys.executable,

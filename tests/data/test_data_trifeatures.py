@@ -371,7 +371,9 @@ def test_a_killed_generation_leaves_nothing_that_looks_complete(tmp_path, raw32)
 def test_export_png_writes_readable_images_with_the_reference_names(raw32, tmp_path):
     import matplotlib.image as mpimg
 
-    n = T.export_png(raw32, tmp_path / "png", limit=2)
+    from helpers.trifeatures_png import export_png
+
+    n = export_png(raw32, tmp_path / "png", limit=2)
     assert n == 4
     files = sorted((tmp_path / "png" / "train").iterdir())
     assert len(files) == 2
@@ -400,18 +402,21 @@ def test_full_224_generation_is_fast_and_complete(tmp_path):
 def test_render_size_renders_a_raw_set_of_that_size_on_demand(tmp_path, capsys):
     """data.render_size: the raw set is rendered at that size (textures keep their 10 px period there) when
     first needed, beside the 224 px set's folder; rendered at the training size, nothing is resized."""
-    from infmask.data import trifeatures_stages as stages
     from infmask.config import build_config
+    from infmask.data import trifeatures_stages as stages
+    from infmask.data.registry import DATASETS
+    from infmask.stages.data_stages import paths_for, settings_for
     from infmask.workspace import Workspace
 
-    ws = Workspace.open(tmp_path / "ws")
+    entry = DATASETS["trifeatures"]
+    paths = paths_for(Workspace.open(tmp_path / "ws"), entry)
     cfg = build_config("trifeatures", "infmasking", "smoke",
                        overrides=["data.render_size=40", "data.image_size=40", "data.max_size=64"])
-    out = stages.preprocess(ws, None, cfg)
-    raw = stages.raw_dir(ws, 42, 40)
+    out = stages.preprocess(entry, paths, settings_for(cfg, entry))
+    raw = stages.raw_dir(paths, 42, 40)
     assert raw.name == "seed_42_px40" and T.read_manifest(raw)["params"]["size"] == 40
-    assert not stages.raw_dir(ws, 42).exists()  # no 224 px set was rendered for it
+    assert not stages.raw_dir(paths, 42).exists()  # no 224 px set was rendered for it
     assert "render40" in out.name and T.load_processed(out, "train")["images"].shape[1:] == (40, 40, 3)
     resized = build_config("trifeatures", "infmasking", "smoke", overrides=["data.image_size=40", "data.max_size=64"])
-    assert stages.processed_dir(ws, resized) != out
+    assert stages.processed_dir(paths, settings_for(resized, entry)) != out
     assert "rendered at 40 px" in capsys.readouterr().out

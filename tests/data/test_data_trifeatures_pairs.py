@@ -168,7 +168,7 @@ def test_corrupt_processed_file_is_detected(proc32, tmp_path):
     arr[0, 0] += 1
     np.save(p, arr)
     assert any("pairs_train_biased.npy" in q for q in T.verify(d))
-    from infmask.data.base import TrifeaturesDataModule
+    from infmask.data.trifeatures_datamodule import TrifeaturesDataModule
 
     with pytest.raises(ValueError, match="processed_dir"):
         TrifeaturesDataModule(d, image_size=32).setup("fit")
@@ -180,7 +180,7 @@ def test_corrupt_processed_file_is_detected(proc32, tmp_path):
 
 @pytest.fixture(scope="module")
 def dm32(proc32):
-    from infmask.data.base import TrifeaturesDataModule
+    from infmask.data.trifeatures_datamodule import TrifeaturesDataModule
 
     dm = TrifeaturesDataModule(proc32, biased=True, batch_size=16, image_size=32)
     dm.setup("fit")

@@ -13,23 +13,34 @@ import torch
 pytest.importorskip("transformers")
 
 from helpers.mmimdb_support import HUB_NAME, TEST_IMAGE_SIZE, TEST_MAX_LENGTH, mirror_tree, serve, tiny_clip  # noqa: E402
-from helpers.mmimdb_support import write_archive  # noqa: E402
+from helpers.mmimdb_support import make_fixture, write_archive  # noqa: E402
 
 from infmask.data import mmimdb as M  # noqa: E402
 from infmask.data import mmimdb_stages as S  # noqa: E402
+from infmask.data.interface import DatasetError  # noqa: E402
+from infmask.data.mmimdb_datamodule import PosterTransforms  # noqa: E402
 from infmask.data.registry import DATASETS  # noqa: E402
 from infmask.data.urls import mirror_url  # noqa: E402
 from infmask.config import ConfigError, build_config  # noqa: E402
 from infmask.errors import UsageError  # noqa: E402
+from infmask.stages.data_stages import datamodule_for, paths_for, settings_for  # noqa: E402
 from infmask.workspace import Workspace  # noqa: E402
 
 ENTRY = DATASETS["mmimdb"]
 
 
+def _paths(ws):
+    return paths_for(ws, ENTRY)
+
+
+def _settings(cfg):
+    return settings_for(cfg, ENTRY)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("mmimdb")
-    fixture = M.make_fixture(base / "src")
+    fixture = make_fixture(base / "src")
     archive = write_archive(base / "src", base / "mmimdb.tar.gz")
     weights = base / "weights"
     tiny_clip(weights)
@@ -55,8 +66,8 @@ def indexed(env):
     h = Keep(level=logging.WARNING)
     logger.addHandler(h)
     try:
-        S.download(env["ws"], ENTRY, base_url=env["url"])
-        out = S.preprocess(env["ws"], ENTRY, _cfg(env))
+        S.download(ENTRY, _paths(env["ws"]), base_url=env["url"])
+        out = S.preprocess(ENTRY, _paths(env["ws"]), _settings(_cfg(env)))
     finally:
         logger.removeHandler(h)
     return {"dir": out, "warnings": [r.getMessage() for r in records]}
@@ -68,8 +79,8 @@ def test_download_is_verified_recorded_and_idempotent(env, indexed, capsys):
     assert mirrored == f"{url}/download/mmimdb/mmimdb.tar.gz"
     record = json.loads(ws.checksums.read_text())["files"][mirrored]
     assert record["sha256"] == M.sha256_file(env["archive"]) and record["size"] == env["archive"].stat().st_size
-    assert M.find_source(S.raw_dir(ws)) == S.raw_dir(ws) / "extracted" / "mmimdb"
-    S.download(ws, ENTRY, base_url=url)
+    assert M.find_source(S.raw_dir(_paths(ws))) == S.raw_dir(_paths(ws)) / "extracted" / "mmimdb"
+    S.download(ENTRY, _paths(ws), base_url=url)
     assert "nothing to do" in capsys.readouterr().out
 
 
@@ -77,9 +88,9 @@ def test_unsafe_archive_member_is_refused(env, tmp_path):
     evil = write_archive(env["base"] / "src", tmp_path / "evil.tar.gz", extra={"mmimdb/../../escaped.txt": b"x"})
     ws = Workspace.open(tmp_path / "ws")
     with serve(mirror_tree(tmp_path / "mirror", evil)) as url:
-        with pytest.raises(UsageError, match=r"'\.\.'"):
-            S.download(ws, ENTRY, base_url=url)
-    raw = S.raw_dir(ws)
+        with pytest.raises(DatasetError, match=r"'\.\.'"):
+            S.download(ENTRY, _paths(ws), base_url=url)
+    raw = S.raw_dir(_paths(ws))
     assert not (raw / "extracted").exists() and not list(tmp_path.rglob("escaped.txt"))
     assert M.find_source(raw) is None
 
@@ -115,7 +126,7 @@ def test_labels_are_alphabetical_lowercase_and_drop_unknown_genres(env, indexed)
 
 def test_preprocess_is_idempotent_and_rebuilds_a_damaged_index(env, indexed, capsys):
     before = (indexed["dir"] / "manifest.json").stat().st_mtime_ns
-    S.preprocess(env["ws"], ENTRY, _cfg(env))
+    S.preprocess(ENTRY, _paths(env["ws"]), _settings(_cfg(env)))
     assert (indexed["dir"] / "manifest.json").stat().st_mtime_ns == before
     assert "indexed" not in capsys.readouterr().out
 
@@ -144,7 +155,7 @@ def test_poster_canvas_and_probe_crop_match_resize_then_centre_crop():
 
     rng = np.random.default_rng(0)
     S_ = 64
-    t = M.PosterTransforms(S_, "imagenet")
+    t = PosterTransforms(S_, "imagenet")
     for w, h in ((182, 268), (268, 182), (200, 210)):
         img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
         canvas = M.poster_canvas(img, S_)
@@ -158,11 +169,11 @@ def test_poster_canvas_and_probe_crop_match_resize_then_centre_crop():
         mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
         back = (got[0] * std.view(3, 1, 1) + mean.view(3, 1, 1)).permute(1, 2, 0).numpy() * 255
         assert np.abs(back - ref).max() < 1e-3
-    clip = M.PosterTransforms(S_, "clip").probe(torch.full((1, 91, 64, 3), 255, dtype=torch.uint8))
+    clip = PosterTransforms(S_, "clip").probe(torch.full((1, 91, 64, 3), 255, dtype=torch.uint8))
     white = (1 - torch.tensor((0.48145466, 0.4578275, 0.40821073))) / torch.tensor((0.26862954, 0.26130258, 0.27577711))
     torch.testing.assert_close(clip[0, :, 0, 0], white)
     with pytest.raises(ValueError, match="norm"):
-        M.PosterTransforms(S_, "laion")
+        PosterTransforms(S_, "laion")
 
 
 class _FakeTrainer:
@@ -172,7 +183,7 @@ class _FakeTrainer:
 
 def test_online_batches_views_masking_and_probe_plots(env, indexed):
     cfg = _cfg(env, "data.text_mask_prob=0.5")
-    dm = S.datamodule(env["ws"], cfg)
+    dm = datamodule_for(cfg, env["ws"])
     dm.setup("fit")
     raw = next(iter(dm.train_dataloader()))
     img, ids = raw["raw"]
@@ -205,22 +216,22 @@ def test_max_items_is_a_seeded_subset(env, indexed):
 @pytest.fixture(scope="module")
 def cached(env, indexed):
     cfg = _cfg(env, "data.feature_cache=True")
-    S.preprocess(env["ws"], ENTRY, cfg)
-    return cfg, S.cache_dir(env["ws"], cfg)
+    S.preprocess(ENTRY, _paths(env["ws"]), _settings(cfg))
+    return cfg, S.cache_dir(_paths(env["ws"]), _settings(cfg))
 
 
 def test_feature_cache_holds_the_towers_outputs(env, cached):
     from infmask.models import clip_towers as ct
 
     cfg, out = cached
-    assert M.verify(out) == [] and out.parent == S.index_dir(env["ws"])
+    assert M.verify(out) == [] and out.parent == S.index_dir(_paths(env["ws"]))
     img = np.load(out / "image_train.npy", mmap_mode="r")
     txt = np.load(out / "text_train.npy", mmap_mode="r")
     lens = np.load(out / "text_len_train.npy")
     n_tok = 1 + (TEST_IMAGE_SIZE // 32) ** 2
     assert img.shape == (28, 3, n_tok, 768) and txt.shape == (28, 3, TEST_MAX_LENGTH, 512) and img.dtype == np.float16
     assert np.load(out / "image_test.npy", mmap_mode="r").shape[1] == 1          # test: un-augmented only
-    dm = S._online_datamodule(env["ws"], cfg)
+    dm = S._online_datamodule(_paths(env["ws"]), _settings(cfg))
     probe = next(iter(dm.probe_dataloader("train")))
     x = dm.transform_batch(probe)["x"]
     enc_i = ct.ClipImageEncoder(weights=HUB_NAME, weights_dir=str(env["weights"]), width=768)
@@ -239,7 +250,7 @@ def test_cached_and_online_probe_features_agree(env, cached):
     from infmask.models.methods import build_method
 
     cfg, _ = cached
-    online, offline = S._online_datamodule(env["ws"], cfg), S.datamodule(env["ws"], cfg)
+    online, offline = S._online_datamodule(_paths(env["ws"]), _settings(cfg)), datamodule_for(cfg, env["ws"])
     assert offline.cache_dir is not None
     torch.manual_seed(0)
     model = build_method(cfg.to_dict()).eval()
@@ -256,11 +267,11 @@ def test_cached_and_online_probe_features_agree(env, cached):
 
 def test_cache_is_reused_and_keyed_by_what_it_depends_on(env, cached, capsys):
     cfg, out = cached
-    S.preprocess(env["ws"], ENTRY, cfg)
+    S.preprocess(ENTRY, _paths(env["ws"]), _settings(cfg))
     assert "caching" not in capsys.readouterr().out
     other = _cfg(env, "data.feature_cache=True", "data.cache_copies=4")
-    assert S.cache_dir(env["ws"], other) != out
-    assert S.cache_dir(env["ws"], _cfg(env, "data.feature_cache=True", "data.image_norm=clip")) != out
+    assert S.cache_dir(_paths(env["ws"]), _settings(other)) != out
+    assert S.cache_dir(_paths(env["ws"]), _settings(_cfg(env, "data.feature_cache=True", "data.image_norm=clip"))) != out
     with pytest.raises(ConfigError, match="cache_copies"):  # refused with the config, before any file is written
         _cfg(env, "data.feature_cache=True", "data.cache_copies=3")
 
@@ -271,9 +282,9 @@ def test_datamodule_errors_are_usage_errors(env, indexed, monkeypatch):
     monkeypatch.delenv(ct.ENV_DIR, raising=False)
     cfg = build_config("mmimdb", "infmasking", "smoke", overrides=[f"data.image_size={TEST_IMAGE_SIZE}"])
     with pytest.raises(UsageError, match=HUB_NAME):
-        S.datamodule(env["ws"], cfg)
+        datamodule_for(cfg, env["ws"])
     with pytest.raises(UsageError, match="image_size"):
-        S.datamodule(env["ws"], _cfg(env, "data.image_size=224"))
+        datamodule_for(_cfg(env, "data.image_size=224"), env["ws"])
     assert os.environ.get(ct.ENV_DIR) is None
 
 
@@ -282,7 +293,7 @@ def test_padding_switch_changes_training_on_padded_text_only(env, cached):
     from infmask.models.methods import build_method
 
     cfg, _ = cached
-    dm = S.datamodule(env["ws"], cfg)
+    dm = datamodule_for(cfg, env["ws"])
     batch = dm.transform_batch(next(iter(dm.train_dataloader())))
     assert bool((batch["views"][0][1][..., -1] > 0.5).any())                  # the batch has padded text
     losses = {}
@@ -294,5 +305,5 @@ def test_padding_switch_changes_training_on_padded_text_only(env, cached):
         losses[honour] = float(model.training_step(batch, 0).detach())
     assert all(np.isfinite(v) for v in losses.values()) and losses[True] != losses[False]
     with pytest.raises(UsageError, match="width"):
-        S.datamodule(env["ws"], _cfg(env, "model.modalities=[{name: image, encoder: clip_image, encoder_kwargs: "
-                                          "{width: 512}}, {name: text, encoder: clip_text, encoder_kwargs: {}}]"))
+        datamodule_for(_cfg(env, "model.modalities=[{name: image, encoder: clip_image, encoder_kwargs: "
+                            "{width: 512}}, {name: text, encoder: clip_text, encoder_kwargs: {}}]"), env["ws"])

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from helpers.mmimdb_support import HUB_NAME, TEST_IMAGE_SIZE, TEST_MAX_LENGTH, tiny_clip  # noqa: E402
 
 from infmask.models import clip_towers as ct  # noqa: E402
+from infmask.data.text_masking import TokenMasker, mask_token_ids  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ def test_towers_are_frozen_and_kept_out_of_checkpoints(weights):
 
 
 def test_text_tokens_padding_mask_and_padding_independence(weights):
-    from infmask.data.mmimdb import tokenize
+    from infmask.data.mmimdb_datamodule import tokenize
     from transformers import CLIPTextModel
 
     path = weights / HUB_NAME
@@ -165,21 +166,21 @@ def test_token_masking_spares_padding_and_specials():
     ids[:, 0], ids[:, 30] = 512, 513
     ids[:, 31:] = -1
     g = torch.Generator().manual_seed(0)
-    out = ct.mask_token_ids(ids, 0.15, mask_id=513, special_ids=[512, 513], generator=g)
+    out = mask_token_ids(ids, 0.15, mask_id=513, special_ids=[512, 513], generator=g)
     assert torch.equal(out[:, 31:], ids[:, 31:]) and (out[:, 0] == 512).all() and (out[:, 30] == 513).all()
     changed = (out != ids)[:, 1:30]
     assert (out[:, 1:30][changed] == 513).all()
     assert 0.12 < changed.float().mean().item() < 0.18
-    assert torch.equal(ct.mask_token_ids(ids, 0.0, 513), ids)
+    assert torch.equal(mask_token_ids(ids, 0.0, 513), ids)
     with pytest.raises(ValueError, match="prob"):
-        ct.mask_token_ids(ids, 1.0, 513)
+        mask_token_ids(ids, 1.0, 513)
 
 
 def test_masker_uses_mask_token_when_the_tokenizer_has_one(weights, tmp_path):
-    clip = ct.TokenMasker(ct.load_tokenizer(weights / HUB_NAME), 0.15)
+    clip = TokenMasker(ct.load_tokenizer(weights / HUB_NAME), 0.15)
     assert not clip.uses_mask_token and clip.mask_id == 513 and clip.special_ids == [512, 513]
     bert = _tiny_bert(tmp_path / "bert")
-    masker = ct.TokenMasker(ct.load_tokenizer(bert), 0.5)
+    masker = TokenMasker(ct.load_tokenizer(bert), 0.5)
     tok = ct.load_tokenizer(bert)
     assert masker.uses_mask_token and masker.mask_id == tok.mask_token_id
     assert tok.unk_token_id not in masker.special_ids and tok.cls_token_id in masker.special_ids
@@ -202,7 +203,7 @@ def _tiny_bert(d: Path) -> Path:
 
 
 def test_non_clip_text_tower_loads_through_automodel(tmp_path):
-    from infmask.data.mmimdb import tokenize
+    from infmask.data.mmimdb_datamodule import tokenize
 
     path = _tiny_bert(tmp_path / "bert")
     tok = ct.load_tokenizer(path)

@@ -225,7 +225,7 @@ def test_each_method_trains_on_the_batch_parts_it_declares(name):
 
 
 def test_trifeatures_ssl_batches_hold_only_the_requested_parts():
-    from infmask.data.base import TrifeaturesDataModule
+    from infmask.data.trifeatures_datamodule import TrifeaturesDataModule
 
     dm = TrifeaturesDataModule(Path("unused"), batch_size=4, image_size=32, check_integrity=False)
     raw = {"raw": [torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8) for _ in range(2)]}

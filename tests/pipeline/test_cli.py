@@ -55,17 +55,21 @@ def test_unknown_stage_and_stray_arguments_exit_2(capsys):
 
 
 def test_damaged_processed_data_is_rebuilt_never_used(root, capsys):
-    from infmask.data import trifeatures_stages
     from infmask.config import build_config
+    from infmask.data import manifest, trifeatures_stages
+    from infmask.data.registry import DATASETS
+    from infmask.stages.data_stages import paths_for, settings_for
     from infmask.workspace import Workspace
 
     assert main(["download", "trifeatures", "--root", str(root)]) == 0
     assert main(["preprocess", "trifeatures", "--preset", "smoke", "--root", str(root)]) == 0
-    out = trifeatures_stages.processed_dir(Workspace.open(root), build_config("trifeatures", preset="smoke"))
+    entry = DATASETS["trifeatures"]
+    out = trifeatures_stages.processed_dir(paths_for(Workspace.open(root), entry),
+                                           settings_for(build_config("trifeatures", preset="smoke"), entry))
     victim = sorted(out.glob("images_*.npy"))[0]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) // 2])  # truncated
-    trifeatures_stages._VERIFIED.clear()
+    manifest.forget_verified()
     capsys.readouterr()
     assert main(["preprocess", "trifeatures", "--preset", "smoke", "--root", str(root)]) == 0
     captured = capsys.readouterr()

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from helpers.mmimdb_support import HUB_NAME, TEST_IMAGE_SIZE, mirror_tree, serve, single_thread_blas, tiny_clip  # noqa: E402
-from helpers.mmimdb_support import write_archive  # noqa: E402
+from helpers.mmimdb_support import make_fixture, write_archive  # noqa: E402
 
 from infmask.data import mmimdb as M  # noqa: E402
 from infmask.cli import main  # noqa: E402
@@ -19,7 +19,7 @@ from infmask.cli import main  # noqa: E402
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     base = tmp_path_factory.mktemp("mmimdb_cli")
-    M.make_fixture(base / "src", n_train=24, n_dev=8, n_test=8)
+    make_fixture(base / "src", n_train=24, n_dev=8, n_test=8)
     archive = write_archive(base / "src", base / "mmimdb.tar.gz")
     tiny_clip(base / "weights")
     with serve(mirror_tree(base / "mirror", archive)) as url:

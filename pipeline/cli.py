@@ -1,4 +1,4 @@
-"""`infmask` (also `python -m pipeline`): parse, resolve the config, call one stage function.
+"""`infmask` (also `python -m infmask`): parse, resolve the config, call one stage function.
 
 Exit codes: 0 success; 1 a run failed (e.g. non-finite loss, crashed trial); 2 bad input (unknown benchmark,
 key, value, missing or corrupt file: the message names the problem and the valid choices); 3 nothing to report

@@ -129,15 +129,6 @@ def start_stage_run(ws, stage: str, name: str, config: dict, tags=()):
                       tags=[stage, f"code:{code_version()}", *tags], dir=str(ws.wandb_dir))
 
 
-def make_logger(cfg, ws, stage: str, *, resume_id: str | None = None):
-    from .wandb_logger import InfmaskWandbLogger
-
-    if not wandb_enabled():
-        return False
-    kw = init_kwargs(cfg, ws, stage, resume_id=resume_id)
-    return InfmaskWandbLogger(save_dir=str(ws.wandb_dir), log_model=False, **kw)
-
-
 def sync_hint(ws) -> str | None:
     if wandb_mode() != "offline":
         return None

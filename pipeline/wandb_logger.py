@@ -5,7 +5,7 @@ from __future__ import annotations
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from .tracking import declare_summaries
+from .tracking import declare_summaries, init_kwargs, wandb_enabled
 
 
 class InfmaskWandbLogger(WandbLogger):
@@ -18,3 +18,11 @@ class InfmaskWandbLogger(WandbLogger):
     def log_metrics(self, metrics, step=None):
         declare_summaries(self.experiment, metrics, self._declared)
         super().log_metrics(metrics, step)
+
+
+def make_logger(cfg, ws, stage: str, *, resume_id: str | None = None):
+    """The Trainer's logger for a run's stage; False when W&B is disabled."""
+    if not wandb_enabled():
+        return False
+    kw = init_kwargs(cfg, ws, stage, resume_id=resume_id)
+    return InfmaskWandbLogger(save_dir=str(ws.wandb_dir), log_model=False, **kw)

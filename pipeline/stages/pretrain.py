@@ -334,7 +334,7 @@ def _start_logger(cfg, ws, resume_id: str, stage: str = "pretrain", attempts: in
     """Create the W&B logger and its run now (not lazily inside fit). A W&B service shared with a killed process
     may still hold the run id ("run ID ... is in use"; the CLI gives each program its own service to avoid it):
     retry briefly, then continue under a fresh id rather than fail the resumed run."""
-    from ..tracking import make_logger
+    from ..wandb_logger import make_logger
 
     for attempt in range(attempts):
         logger = make_logger(cfg, ws, stage, resume_id=resume_id)

@@ -35,7 +35,7 @@ def agent_script(sweep_path: str, count: int | None = None) -> str:
     return f"""#!/usr/bin/env bash
 # One W&B agent per visible GPU for sweep {sweep_path} (written by `infmask agent-script`).
 # Run it from the infmask repository root with the venv activated: the sweep's ${{interpreter}} is the `python`
-# on PATH and its command is `python -m pipeline trial ...`. GPUs: $CUDA_VISIBLE_DEVICES if set (Slurm sets it),
+# on PATH and its command is `python -m infmask trial ...`. GPUs: $CUDA_VISIBLE_DEVICES if set (Slurm sets it),
 # else every GPU nvidia-smi lists; none: one agent on the CPU. SIGTERM or SIGINT (Ctrl-C) reaches every agent as
 # SIGTERM, which it passes on to its run (--forward-signals); the run saves last.ckpt and exits 143, and the script
 # waits for the agents.

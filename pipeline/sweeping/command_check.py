@@ -2,7 +2,7 @@
 
 A sweep file's `command:` (W&B's default when it has none: `${env} ${interpreter} ${program} ${args}`) is expanded
 exactly as for a trial, with the parameters' first values. A command that starts infmask must reach its `trial`
-stage (`infmask trial ...`, `python -m pipeline trial ...`, or `pipeline/__main__.py --benchmark=...`, which is a
+stage (`infmask trial ...`, `python -m infmask trial ...`, `python -m pipeline trial ...` from a checkout, or `pipeline/__main__.py --benchmark=...`, which is a
 trial too) and pass the parameters; it is then run once with INFMASK_TRIAL_CHECK=1, so the very argv, environment
 and directory of a trial parse and validate the config and exit without training. Other programs are the user's:
 only their file is checked.
@@ -18,16 +18,16 @@ from ..errors import UsageError
 from .agent import trial_command
 from .spec import candidate_values
 
-TRIAL_COMMAND = ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]
+TRIAL_COMMAND = ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]
 PARAMETER_MACROS = ("${args}", "${args_no_hyphens}", "${args_json}", "${args_json_file}")
-HINT = "write `command: [${env}, ${interpreter}, -m, pipeline, trial, ${args}]` (as a block list, as in sweeps/*.yaml)"
+HINT = "write `command: [${env}, ${interpreter}, -m, infmask, trial, ${args}]` (as a block list, as in sweeps/*.yaml)"
 
 
 def pipeline_entry(argv: list[str], cwd: Path) -> int | None:
-    """Index just after the token that starts infmask in `argv` (`-m pipeline`, pipeline/__main__.py or the
-    `infmask` script), or None when the command runs another program."""
+    """Index just after the token that starts infmask in `argv` (`-m infmask`, `-m pipeline`,
+    pipeline/__main__.py or the `infmask` script), or None when the command runs another program."""
     for i, arg in enumerate(argv):
-        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "pipeline":
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] in ("infmask", "pipeline"):
             return i + 2
         path = Path(arg)
         if path.name == "infmask" or path.parts[-2:] == ("pipeline", "__main__.py"):

@@ -207,11 +207,11 @@ def test_credentials_in_the_mirror_url_are_used_but_never_printed_or_written(tmp
     with serve(files) as server:
         base = server.url("/mirror", userinfo=f"mirror-user:{password}") + (f"?token={token}" if token else "")
         for dataset in ("mosi", "visionandtouch", "mmimdb"):
-            ok = subprocess.run([sys.executable, "-m", "pipeline", "download", dataset, "--base-url", base],
+            ok = subprocess.run([sys.executable, "-m", "infmask", "download", dataset, "--base-url", base],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             assert ok.returncode == 0, ok.stderr[-2000:]
             outputs += [ok.stdout, ok.stderr]
-        bad = subprocess.run([sys.executable, "-m", "pipeline", "download", "sarcasm", "--base-url",
+        bad = subprocess.run([sys.executable, "-m", "infmask", "download", "sarcasm", "--base-url",
                               base.replace(password, password + "-wrong")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and ("401" in bad.stderr or "404" in bad.stderr), bad.stderr[-2000:]

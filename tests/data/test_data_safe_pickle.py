@@ -30,7 +30,7 @@ def _limit_memory() -> None:
 def isolated_cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "INFMASK_"))}
     env.update(INFMASK_ROOT=str(ws), WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "infmask", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=150, preexec_fn=_limit_memory)
 
 

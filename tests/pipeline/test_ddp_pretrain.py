@@ -17,7 +17,7 @@ DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"]
 
 def test_ddp_two_cpu_processes_one_run_one_probe_one_wandb_run(tmp_path, tmp_path_factory):
     ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
-    cmd = [sys.executable, "-m", "pipeline", "trial", "--benchmark=trifeatures", "--method=infmasking",
+    cmd = [sys.executable, "-m", "infmask", "trial", "--benchmark=trifeatures", "--method=infmasking",
            "--preset=smoke", "--seed=42", "--trainer.max_epochs=1", *(f"--{o}" for o in DDP)]
     run = subprocess.run(cmd, cwd=REPO, env=cli_env(ws), capture_output=True, text=True, timeout=400)
     log = run.stdout + run.stderr

@@ -40,7 +40,7 @@ def smoke_ws(tmp_path_factory):
             "parameters": {"benchmark": {"value": "trifeatures"}, "method": {"value": "infmasking"},
                            "preset": {"value": "smoke"}, "seed": {"value": 42},
                            "model.mask_ratio": {"values": [0.5, 0.7]}, "model.temperature": {"values": [0.1, 0.2]}},
-            "command": ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]}, sort_keys=False))
+            "command": ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]}, sort_keys=False))
         assert main(["sweep", str(sweep), "--root", str(root)]) == 0
         yield root
     finally:

@@ -23,7 +23,7 @@ ARGS = ["pretrain", "trifeatures", "--preset", "smoke", "trainer.max_epochs=2", 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_ddp_every_rank_signalled_saves_once_and_resumes(tmp_path, tmp_path_factory, sig):
     ws, log = smoke_workspace(tmp_path_factory, tmp_path / "ws"), tmp_path / "first.log"
-    cmd = [sys.executable, "-m", "pipeline", *ARGS]
+    cmd = [sys.executable, "-m", "infmask", *ARGS]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(ws), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

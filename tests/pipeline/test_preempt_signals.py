@@ -29,7 +29,7 @@ def _the_run(ws: Path) -> dict:
                          ids=["SIGTERM", "SIGUSR1"])
 def test_signal_mid_epoch_saves_marks_preempted_and_rerun_resumes(tmp_path, tmp_path_factory, sig):
     ws, log = smoke_workspace(tmp_path_factory, tmp_path / "ws"), tmp_path / "first.log"
-    cmd = [sys.executable, "-m", "pipeline", *ARGS]
+    cmd = [sys.executable, "-m", "infmask", *ARGS]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(ws), stdout=out, stderr=subprocess.STDOUT)
         # PlainProgress prints the first batch of each epoch (stderr is not a terminal): mid-epoch 1 of 2

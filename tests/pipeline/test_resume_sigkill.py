@@ -19,7 +19,7 @@ ARGS = ["pretrain", "trifeatures", "--preset", "smoke", "trainer.max_epochs=2", 
 
 def test_sigkill_part_way_then_same_command_resumes_and_finishes(tmp_path, tmp_path_factory):
     ws, log = smoke_workspace(tmp_path_factory, tmp_path / "ws"), tmp_path / "first.log"
-    cmd = [sys.executable, "-m", "pipeline", *ARGS]
+    cmd = [sys.executable, "-m", "infmask", *ARGS]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(ws), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(600)
 def test_same_pretrain_started_twice_at_once_trains_once(tmp_path, tmp_path_factory):
     # A Slurm requeue while the first job still runs, two terminals, two `infmask run` over one grid.
     ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
-    cmd = [sys.executable, "-m", "pipeline", *ARGS]
+    cmd = [sys.executable, "-m", "infmask", *ARGS]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=cli_env(ws), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=500) for p in procs]

@@ -37,7 +37,7 @@ def _sweep_file(path: Path) -> Path:
         "name": "tiny", "method": "grid", "metric": {"name": "probe/val/acc1", "goal": "maximize"},
         "parameters": {"benchmark": {"value": "trifeatures"}, "preset": {"value": "smoke"},
                        "model.mask_ratio": {"values": [0.5]}},
-        "command": ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]}))
+        "command": ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]}))
     return path
 
 

@@ -28,7 +28,7 @@ def test_real_2x2_smoke_grid_end_to_end(tmp_path):
            if not k.startswith(("WANDB_SWEEP", "WANDB_RUN", "INFMASK_", "WANDB_DIR"))}
     env["WANDB_MODE"] = "offline"
 
-    run = subprocess.run([sys.executable, "-m", "pipeline", "sweep", str(sweep_file), "--root", str(ws)], cwd=REPO,
+    run = subprocess.run([sys.executable, "-m", "infmask", "sweep", str(sweep_file), "--root", str(ws)], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=3000)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
 
@@ -44,7 +44,7 @@ def test_real_2x2_smoke_grid_end_to_end(tmp_path):
         assert list((ws / "wandb").glob(f"offline-run-*-{t['trial_id']}")), t["trial_id"]
     assert "best probe/val/acc1=" in run.stdout
 
-    report = subprocess.run([sys.executable, "-m", "pipeline", "report", "--sweep", sweep_id, "--no-wandb",
+    report = subprocess.run([sys.executable, "-m", "infmask", "report", "--sweep", sweep_id, "--no-wandb",
                              "--root", str(ws)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert list((ws / "reports").rglob("*.png")), "no heat map written"

@@ -9,7 +9,7 @@ import pytest
 
 from infmask.sweeping import SweepSpec, build_argv, trial_command
 
-COMMAND = ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]
+COMMAND = ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]
 # Values of every shape an engine or a server sends: float noise, bool, None, list, a space, an int.
 PARAMS = {"benchmark": "trifeatures", "data.biased": False, "method": "infmasking",
           "model.mask_ratio": 0.30000000000000004, "model.penalty": None, "model.temperature": 0.1,
@@ -103,7 +103,7 @@ def test_argv_env_and_param_file_match_wandb_agent(monkeypatch, base_env, comman
 
 def test_args_sorted_and_formatted_as_the_trial_expects():
     argv = build_argv(COMMAND, "pipeline/__main__.py", PARAMS, interpreter="python")
-    assert argv[:5] == ["/usr/bin/env", "python", "-m", "pipeline", "trial"]
+    assert argv[:5] == ["/usr/bin/env", "python", "-m", "infmask", "trial"]
     assert argv[5:] == ["--benchmark=trifeatures", "--data.biased=False", "--method=infmasking",
                         "--model.mask_ratio=0.30000000000000004", "--model.penalty=None", "--model.temperature=0.1",
                         "--model.weights=[1, 1, 5]", "--preset=smoke", "--seed=42", "--tracking.project=a b"]

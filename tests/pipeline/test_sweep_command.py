@@ -56,13 +56,13 @@ def test_default_command_passes_the_check(sweep_dir):
 
     check_command(load_sweep(write(sweep_dir / "no_command.yaml")))
     check_command(load_sweep(write(sweep_dir / "args_no_hyphens.yaml", command=[
-        "${env}", "${interpreter}", "-m", "pipeline", "trial", "${args_no_hyphens}"])))
+        "${env}", "${interpreter}", "-m", "infmask", "trial", "${args_no_hyphens}"])))
 
 
 @pytest.mark.parametrize("command, why", [
-    (["${env}", "${interpreter}", "-m", "pipeline", "pretrain", "${args}"], "runs `infmask pretrain`, not a trial"),
-    (["${env}", "${interpreter}", "-m", "pipeline", "trial"], "passes no parameters"),
-    (["${env}", "/nonexistent/python3", "-m", "pipeline", "trial", "${args}"], "fails before training"),
+    (["${env}", "${interpreter}", "-m", "infmask", "pretrain", "${args}"], "runs `infmask pretrain`, not a trial"),
+    (["${env}", "${interpreter}", "-m", "infmask", "trial"], "passes no parameters"),
+    (["${env}", "/nonexistent/python3", "-m", "infmask", "trial", "${args}"], "fails before training"),
 ])
 def test_sweep_refuses_a_command_that_cannot_run_a_trial(sweep_dir, command, why, capsys):
     root = sweep_dir / "ws"

@@ -16,7 +16,7 @@ PAPER_BEST = {"trifeatures": (0.7, 0.1), "mosi": (0.8, 0.1), "humor": (0.5, 0.05
               "humor_3mod": (0.5, 0.05), "visionandtouch_bin_3mod": (0.8, 0.1), "mmimdb": (0.8, 0.2)}
 METRIC = {b: ("probe/val/acc1", "maximize") for b in PAPER_BEST}
 METRIC.update(visionandtouch=("probe/val/mse", "minimize"), mmimdb=("probe/val/f1_mean", "maximize"))
-TRIAL_COMMAND = ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]
+TRIAL_COMMAND = ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]
 FILES = sorted(SWEEPS.glob("*.yaml"))
 
 
@@ -85,7 +85,7 @@ def test_parameters_fit_the_benchmark_config(path):
     if benchmark not in benchmarks():
         pytest.skip(f"pipeline/configs/{benchmark}.yaml not written yet")
     spec = load_sweep(path)
-    assert spec.cwd == SWEEPS.parent   # trials run from the repository root, where `python -m pipeline` works
+    assert spec.cwd == SWEEPS.parent   # trials run from the repository root, like an agent started there
     sweep_metric = benchmark_spec(benchmark).get("sweep_metric")
     if sweep_metric:
         assert (sweep_metric["name"], sweep_metric.get("goal", "minimize")) == METRIC[benchmark]

@@ -95,7 +95,7 @@ def _no_leftover_runners():
 
 
 def cli(*args, **kw) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "infmask", *args], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
     STARTED.append(proc)
     return proc

@@ -27,7 +27,7 @@ def trial_ws(tmp_path_factory):
         "metric": {"name": "probe/val/acc1", "goal": "maximize"},
         "parameters": {"benchmark": {"value": "trifeatures"}, "method": {"value": "infmasking"},
                        "preset": {"value": "smoke"}, "seed": {"value": 42}, "model.mask_ratio": {"values": [0.5]}},
-        "command": ["${env}", "${interpreter}", "-m", "pipeline", "trial", "${args}"]}, sort_keys=False))
+        "command": ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]}, sort_keys=False))
     mp = pytest.MonkeyPatch()
     for key in ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH", "WANDB_DIR"):
         mp.delenv(key, raising=False)

@@ -40,3 +40,12 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.delenv("INFMASK_BASE_URL", raising=False)
     return root
+
+
+@pytest.fixture
+def umask():
+    """Set a umask for the test (call it with the mask) and put the previous one back."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)

@@ -2,7 +2,6 @@
 nothing half-written left behind, a killed build never taken for a complete one, a damaged one never used."""
 import json
 import os
-import stat
 import subprocess
 import sys
 import time
@@ -11,20 +10,10 @@ import pytest
 
 from infmask.data import durable, manifest
 
-
-def _mode(path) -> int:
-    return stat.S_IMODE(os.stat(path).st_mode)
+from helpers.files import file_mode
 
 
-@pytest.fixture
-def umask():
-    previous = os.umask(0o022)
-    os.umask(previous)
-    yield lambda mask: os.umask(mask)
-    os.umask(previous)
-
-
-@pytest.mark.parametrize("mask", [0o022, 0o077])
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
 def test_every_writer_takes_the_umask_mode_and_leaves_no_temporaries(tmp_path, umask, mask):
     umask(mask)
     durable.atomic_write_text(tmp_path / "a" / "t.txt", "x\n")
@@ -35,7 +24,7 @@ def test_every_writer_takes_the_umask_mode_and_leaves_no_temporaries(tmp_path, u
     (partial / "x.npy").write_bytes(b"123")
     manifest.finalise(partial, tmp_path / "set", {"seed": 1})
     for p in ("a/t.txt", "j.json", "p.bin", "set/manifest.json"):
-        assert _mode(tmp_path / p) == 0o666 & ~mask, p
+        assert file_mode(tmp_path / p) == 0o666 & ~mask, p
     assert json.loads((tmp_path / "j.json").read_text()) == {"a": [1], "b": 1}
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or ".partial-" in p.name]
 

@@ -69,7 +69,7 @@ def test_sweep_refuses_a_command_that_cannot_run_a_trial(sweep_dir, command, why
     path = write(sweep_dir / "bad.yaml", command=command)
     assert main(["sweep", str(path), "--root", str(root)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and why in err and "command: [${env}, ${interpreter}, -m, pipeline, trial" in err
+    assert len(err.splitlines()) == 1 and why in err and "command: [${env}, ${interpreter}, -m, infmask, trial" in err
     store = root / "results.sqlite"
     assert not store.exists() or not ResultsStore(store).query("SELECT * FROM sweep_trials")   # no trial started
 

@@ -1,6 +1,6 @@
 """The main job end to end on tiny data: the real configs (smoke preset), CPU, a temporary workspace.
 
-One module-scoped workspace is built by the real stages (download, preprocess, run with 2 methods x 2 seeds x
+One module-scoped workspace is built by the real stages (download, preprocess, run with 2 methods x 1 seed x
 both data variants, a 2-config sweep) and then inspected: the store, the table, offline W&B runs of every stage,
 idempotent reruns, the probe protocol, bad checkpoints and the notebooks.
 """
@@ -18,7 +18,7 @@ from infmask.cli import main
 from infmask.store import ResultsStore
 
 METHODS = ("infmasking", "comm")
-SEEDS = (42, 43)
+SEEDS = (42,)   # mean ± std over seeds is the report tests' business (tests/pipeline/test_report_*)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def smoke_ws(tmp_path_factory):
             "metric": {"name": "probe/val/acc1", "goal": "maximize"},
             "parameters": {"benchmark": {"value": "trifeatures"}, "method": {"value": "infmasking"},
                            "preset": {"value": "smoke"}, "seed": {"value": 42},
-                           "model.mask_ratio": {"values": [0.5, 0.7]}, "model.temperature": {"values": [0.1, 0.2]}},
+                           "model.mask_ratio": {"values": [0.5, 0.7]}, "model.temperature": {"values": [0.1]}},
             "command": ["${env}", "${interpreter}", "-m", "infmask", "trial", "${args}"]}, sort_keys=False))
         assert main(["sweep", str(sweep), "--root", str(root)]) == 0
         yield root
@@ -78,7 +78,7 @@ def test_table_printed_and_written(smoke_ws, capsys):
         assert name in out
     ours = [line for line in out.splitlines() if line.startswith("| InfMasking | smoke") or
             line.startswith("| CoMM | smoke")]
-    assert len(ours) == 2 and all("| 2 |" in line for line in ours)  # two seeds in every cell
+    assert len(ours) == 2 and all("| 1 |" in line for line in ours)  # one seed in every cell
     rep = smoke_ws / "reports"
     assert {"table_trifeatures.md", "table_trifeatures.csv", "table_trifeatures.tex"} <= {p.name for p in rep.iterdir()}
 
@@ -187,10 +187,10 @@ def test_sweep_recorded_with_best_config(smoke_ws, capsys):
     sweeps = store.query("SELECT sweep_id FROM sweeps")
     assert len(sweeps) == 1
     trials = store.trials(sweeps[0][0])
-    assert len(trials) == 4 and {t["status"] for t in trials} == {"finished"}  # the 2x2 grid, each trial once
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"finished"}  # the 2x1 grid, each trial once
     params = {(json.loads(t["params_json"])["model.mask_ratio"], json.loads(t["params_json"])["model.temperature"])
               for t in trials}
-    assert params == {(0.5, 0.1), (0.5, 0.2), (0.7, 0.1), (0.7, 0.2)}
+    assert params == {(0.5, 0.1), (0.7, 0.1)}
     assert main(["report", "--sweep", sweeps[0][0], "--root", str(smoke_ws), "--no-wandb"]) == 0
     assert list((smoke_ws / "reports").glob("*heatmap*.png"))
     out = capsys.readouterr().out

@@ -328,7 +328,7 @@ def vt_file_split(names: list[str], val_fraction: float, data_seed: int = VT_FIL
     """File-level split (indices into the sorted names).
 
     test: the reference's, shuffle with default_rng(data_seed) (42 in the reference) and keep the last
-    int(0.2 * #files); the reference's "val" is the same list [ODDITY §1.10 #5]. val (ours): a ``val_fraction`` of
+    int(0.2 * #files); the reference's "val" is the same list [a reference oddity]. val (ours): a ``val_fraction`` of
     the remaining train files, drawn with default_rng([data_seed, 1]), so checkpoint and probe selection never see
     test files. Under the reference protocol the data module merges val back into train.
     """

@@ -310,7 +310,7 @@ class VisionTouchDataModule(MultiBenchDataModule):
     """Vision&Touch: image (uint8) + force / proprio; task ``ee_yaw_next`` (regression) or ``contact_next``.
 
     Clean protocol: train / val (train files held out) / test. Reference protocol: train = train + val files and
-    val = test, as the reference's loaders [ODDITY §1.10 #5]; ``reference_val_split`` = "test" either way.
+    val = test, as the reference's loaders [a reference oddity]; ``reference_val_split`` = "test" either way.
     """
 
     valid_keys = ("image", "force", "proprio")

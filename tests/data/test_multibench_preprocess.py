@@ -1,4 +1,4 @@
-"""MultiBench preprocessing against the reference's rules (§3.2-§3.4), computed the slow, obvious way on fixture data."""
+"""MultiBench preprocessing against the reference's rules, computed the slow, obvious way on fixture data."""
 from __future__ import annotations
 
 import json

@@ -42,7 +42,7 @@ def agent_script(sweep_path: str, count: int | None = None) -> str:
 set -euo pipefail
 SWEEP="{sweep_path}"
 export WANDB_MODE="${{WANDB_MODE:-online}}"   # infmask logs offline by default; a server sweep needs its runs online
-python -c 'import pipeline, wandb' 2>/dev/null || {{
+{{ python -c 'import infmask, wandb' 2>/dev/null && [[ -f pipeline/__main__.py ]]; }} || {{
   echo "agent-script: run from the infmask repository root with its venv activated" >&2; exit 2; }}
 if [[ -n "${{CUDA_VISIBLE_DEVICES+set}}" ]]; then   # set, even empty (no GPU), wins
   IFS=',' read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"

@@ -27,7 +27,7 @@ def fake_path(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "wandb").write_text(FAKE_WANDB)
     (bin_dir / "wandb").chmod(0o755)
-    # `python` must be one that imports pipeline and wandb (the venv's); nvidia-smi must not be found
+    # `python` must be one that imports infmask and wandb (the venv's); nvidia-smi must not be found
     # a wrapper, not a symlink: a symlinked interpreter does not find the venv's pyvenv.cfg
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     (bin_dir / "python").chmod(0o755)

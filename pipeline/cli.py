@@ -55,6 +55,25 @@ def _add_root(p):
     p.add_argument("--root", default=None, help="workspace root (default: $INFMASK_ROOT or ./workspace)")
 
 
+THREADS_HELP = ("CPU threads for torch (and for the processes it starts); 1 when other jobs share the cores, where "
+                "more threads wait for each other (default: torch's)")
+
+
+def _add_threads(p):
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+
+
+def _set_threads(n: int) -> None:
+    """Before torch is imported where possible: OpenMP reads its thread count once. Exported, so DDP ranks, the
+    probe and notebook kernels started from here use the same count."""
+    if n < 1:
+        raise UsageError(f"--threads must be >= 1, got {n}")
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[key] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def _add_run_args(p, benchmark=True):
     if benchmark:
         p.add_argument("benchmark", help="benchmark name (see `infmask download --list`)")
@@ -99,12 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="self-supervised pretraining of one config and seed (resumable)")
     _add_run_args(p)
     _add_print_config(p)
+    _add_threads(p)
     _add_root(p)
 
     p = sub.add_parser("probe", help="linear probes on a pretrained run (its checkpoint carries its config)")
     p.add_argument("run", help="run id, run directory, or checkpoint path")
     p.add_argument("--checkpoint", choices=("best", "last"), default=None, help="default: the run's probe.checkpoint")
     p.add_argument("--force", action="store_true")
+    _add_threads(p)
     _add_root(p)
 
     p = sub.add_parser("report", help="paper tables from the results store (mean ± sample std over seeds)",
@@ -131,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true")
     _add_overrides(p)
     _add_print_config(p)
+    _add_threads(p)
     _add_root(p)
 
     p = sub.add_parser("trial", help="pretrain + probe one config: the program a W&B sweep agent runs")
@@ -245,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from infmask.data.registry import UnknownDatasetError
     try:
+        if args.stage != "bench" and getattr(args, "threads", None) is not None:   # bench sets its own
+            _set_threads(args.threads)
         return run_stage(args.stage, args)
     except (UsageError, ConfigError, UnknownDatasetError) as e:
         print(f"infmask {args.stage}: error: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """The CLI surface: help for every stage, one-line errors with exit code 2, the dataset map."""
+import os
 import subprocess
 import sys
 
@@ -89,3 +90,23 @@ def test_run_with_a_variant_key_overridden_trains_that_variant_once(capsys, root
     assert "1 run (1 method × 1 seed)" in out and "[2/" not in out
     runs = ResultsStore(root / "results.sqlite").query("SELECT run_id, status FROM runs")
     assert [r["status"] for r in runs] == ["finished"]
+
+
+def test_threads_option_sets_torch_and_the_environment_for_child_processes(tmp_path, monkeypatch, capsys):
+    import torch
+
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.setenv(key, "1")
+    before = torch.get_num_threads()
+    try:
+        assert main(["pretrain", "trifeatures", "--preset", "smoke", "--threads", "2", "--print-config",
+                     "--root", str(tmp_path / "ws")]) == 0
+        assert torch.get_num_threads() == 2
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "2"
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    for stage in (["pretrain", "trifeatures"], ["run", "trifeatures"], ["probe", "nope"]):
+        assert main([*stage, "--threads", "0", "--root", str(tmp_path / "ws")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "--threads must be >= 1, got 0" in err, err

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
-__all__ = ["current_umask", "fsync_path", "fsync_dir", "sha256_file", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["current_umask", "fsync_path", "sha256_file", "atomic_write_bytes", "atomic_write_text",
            "atomic_path", "write_json_atomic", "locked"]
 
 
@@ -45,8 +45,6 @@ def fsync_path(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-fsync_dir = fsync_path
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:

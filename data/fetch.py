@@ -30,7 +30,7 @@ from typing import Callable
 import requests
 
 from . import trust_store
-from .durable import fsync_dir, locked, sha256_file, write_json_atomic
+from .durable import fsync_path, locked, sha256_file, write_json_atomic
 from .transfer import ChecksumError, ContentError, DownloadError, PartHash, human, read_json, transfer
 from .urls import redact_url
 
@@ -210,7 +210,7 @@ def download(url: str, dest: str | os.PathLike, *, expected_sha256: str | None =
         with open(part, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(part, dest)
-        fsync_dir(dest.parent)
+        fsync_path(dest.parent)
         meta_path.unlink(missing_ok=True)
         _stamp(dest, shown, sha)
         log.info("downloaded %s (%s, sha256 %s)", dest, human(size), sha)

@@ -20,7 +20,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .durable import fsync_dir
+from .durable import fsync_path
 from .safe_pickle import UnsafePickleError, safe_loads, safe_unpickle
 
 __all__ = ["UnsafePickleError", "ArchiveError", "UnsafeArchiveError", "safe_unpickle", "safe_loads", "safe_extract",
@@ -212,7 +212,7 @@ def _extract(archive: Path, kind: str, dest: Path, overwrite: bool) -> Path:
                 else:
                     dest.rmdir()
             os.replace(tmp, dest)
-            fsync_dir(dest.parent)
+            fsync_path(dest.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .progress import probe_due
-from .workspace import atomic_path
+from infmask.data.durable import atomic_path
 
+from .progress import probe_due
 log = logging.getLogger("infmask.pretrain")
 
 
@@ -267,7 +267,7 @@ class MetricsFileCallback(pl.Callback):
         lines = self.path.read_text().splitlines()
         kept = [ln for ln in lines if ln.strip() and _epoch_of(ln) < trainer.current_epoch]
         if len(kept) != len(lines):
-            from .workspace import atomic_write_text
+            from infmask.data.durable import atomic_write_text
 
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
 

@@ -10,9 +10,9 @@ CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, t
 CHECK_PASSED = "infmask trial: command check passed:"
 
 
-def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
-    """benchmark, method, preset, seed and the config overrides of a trial's argv (the seed, when given, stays among
-    the overrides, so it is type-checked like every key; the fourth item is then None)."""
+def trial_arguments(argv: list[str]) -> tuple[str, str, str, dict]:
+    """benchmark, method, preset and the config overrides of a trial's argv (the seed, when given, stays among the
+    overrides, so it is type-checked like every key)."""
     ov = parse_overrides([a for a in argv if a != "--"])
     if "benchmark" not in ov:
         raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
@@ -22,10 +22,10 @@ def trial_arguments(argv: list[str]) -> tuple[str, str, str, int | None, dict]:
     benchmark = str(ov.pop("benchmark"))
     # the seed stays among the overrides: it goes through the same typed check as every other key (1.5 or "abc" is
     # an error, not seed 1)
-    return benchmark, method, preset, None, ov
+    return benchmark, method, preset, ov
 
 
 def parse_trial_argv(argv: list[str]):
     """The trial's Config and its benchmark's spec; ConfigError or UsageError for a bad argv."""
-    benchmark, method, preset, seed, ov = trial_arguments(argv)
-    return build_config(benchmark, method, preset, seed=seed, overrides=ov), benchmark_spec(benchmark)
+    benchmark, method, preset, ov = trial_arguments(argv)
+    return build_config(benchmark, method, preset, overrides=ov), benchmark_spec(benchmark)

@@ -5,10 +5,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Files are written atomically and honour the umask through the project's one durable-IO helper; re-exported here,
-# where the pipeline's stages look for them.
-from infmask.data.durable import atomic_path, atomic_write_bytes, atomic_write_text, current_umask  # noqa: F401
-
 DEFAULT_ROOT = "workspace"
 
 
@@ -37,8 +33,9 @@ class Workspace:
     def raw(self, dataset: str) -> Path:
         return self.root / "raw" / dataset
 
-    def processed(self, dataset: str, variant: str = "default") -> Path:
-        return self.root / "processed" / dataset / variant
+    def processed(self, dataset: str) -> Path:
+        """processed/<dataset>/: the dataset names one subfolder per build in it."""
+        return self.root / "processed" / dataset
 
     @property
     def runs(self) -> Path:

@@ -6,7 +6,7 @@ Every formulation runs in one process on the same batch, interleaved step by ste
 so a busy machine slows them alike and the ratios stay meaningful; `load_avg` records how busy it was.
 
 Formulations (each its own copy of the same initial weights and its own AdamW):
-* fast: the method's own `training_step` (models/methods.py), backward, optimiser step, as `infmask pretrain`
+* fast: the method's own `training_step` (models/methods/), backward, optimiser step, as `infmask pretrain`
   runs them (without Lightning's loop around them: `--real-steps` times that too).
 * straightforward (InfMasking and CoMM): the reference's computation, `models.reference.reference_step`.
 * comm (`--compare comm`, the default for InfMasking): CoMM's fast step at the same config, for the cost of masking.

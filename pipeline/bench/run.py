@@ -172,7 +172,7 @@ def format_report(res: dict) -> str:
 
 
 def write_json(path: str, res: dict) -> None:
-    from ..workspace import atomic_write_bytes
+    from infmask.data.durable import atomic_write_bytes
 
     text = json.dumps(res, indent=1, default=str) + "\n"
     if path == "-":

@@ -1,7 +1,7 @@
 """One bench step of one formulation: the clock, the phase marks on the method's real training step, the runner.
 
 A step = host-to-device copy and batch augmentation of the raw batch, forward, backward, optimiser step. The
-fast formulations run the method's own `training_step` (models/methods.py) unchanged; their phases are marked
+fast formulations run the method's own `training_step` (models/methods/) unchanged; their phases are marked
 from outside by wrapping the encoder's `tokenize`, the fusion's `fuse` and a forward hook on the projection head
 of that one module instance. The straightforward formulation is `models.reference.reference_step`, which marks
 its own phases.

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..workspace import atomic_path
+from infmask.data.durable import atomic_path
+
 from .selection import metric_scale
 from .tables import TableReport
 

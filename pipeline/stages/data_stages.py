@@ -31,7 +31,7 @@ def list_datasets() -> str:
 
 def paths_for(ws, entry: DatasetEntry) -> DataPaths:
     """Where the workspace keeps ``entry``'s files (each build of processed/<dataset>/ names its own subfolder)."""
-    return DataPaths(raw=ws.raw(entry.name), processed=ws.processed(entry.name).parent, checksums=ws.checksums)
+    return DataPaths(raw=ws.raw(entry.name), processed=ws.processed(entry.name), checksums=ws.checksums)
 
 
 def settings_for(cfg, entry: DatasetEntry):

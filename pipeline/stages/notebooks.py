@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infmask.data.durable import atomic_write_text
+
 from ..errors import RunFailed, UsageError
-from ..workspace import Workspace, atomic_write_text
+from ..workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO / "notebooks"

@@ -27,11 +27,13 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from infmask.data.durable import atomic_write_text
+
 from ..config import build_config
 from ..errors import Preempted, RunFailed, UsageError, first_line
 from ..run_lock import run_lock
 from ..store import ResultsStore
-from ..workspace import Workspace, atomic_write_text
+from ..workspace import Workspace
 
 log = logging.getLogger("infmask.pretrain")
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from infmask.data.durable import atomic_write_text
+
 from ..config import Config, ConfigError
 from ..errors import UsageError, first_line
 from ..run_lock import run_lock
 from ..store import ResultsStore
-from ..workspace import Workspace, atomic_write_text
+from ..workspace import Workspace
 
 
 def load_checkpoint(path: Path) -> tuple[dict, Config]:

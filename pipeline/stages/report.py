@@ -23,10 +23,12 @@ import os
 import sys
 from pathlib import Path
 
+from infmask.data.durable import atomic_write_text
+
 from .. import reporting as R
 from ..errors import NothingToReport, UsageError
 from ..reporting.run_selection import RunFilter
-from ..workspace import Workspace, atomic_write_text
+from ..workspace import Workspace
 
 EMPTY_HINT = "run e.g. `infmask run trifeatures --preset smoke` first"
 

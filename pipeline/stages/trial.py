@@ -11,9 +11,11 @@ import json
 import os
 from pathlib import Path
 
+from infmask.data.durable import atomic_write_text
+
 from ..errors import InfmaskError, Preempted
 from ..trial_argv import CHECK_ENV, CHECK_PASSED, parse_trial_argv, trial_arguments
-from ..workspace import Workspace, atomic_write_text
+from ..workspace import Workspace
 
 
 def _write_result(status: str, run_id: str | None, metrics: dict):
@@ -28,8 +30,8 @@ def trial_cli(args) -> int:
         from ..config_sources import resolved_yaml
         from .show_config import header
 
-        benchmark, method, preset, seed, ov = trial_arguments(args.argv)
-        print(resolved_yaml(benchmark, method, preset, seed=seed, overrides=ov,
+        benchmark, method, preset, ov = trial_arguments(args.argv)
+        print(resolved_yaml(benchmark, method, preset, overrides=ov,
                             header=header("trial", args, list(args.argv))), end="")
         return 0
     # `infmask sweep` trying the command it will run (pipeline/sweeping/command_check.py)

@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from ..workspace import atomic_path
+from infmask.data.durable import atomic_path
 
 
 def param_path(wandb_dir: str, sweep_id: str, run_id: str) -> str:

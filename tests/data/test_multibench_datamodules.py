@@ -30,10 +30,7 @@ def mimic_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vt_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vt")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        fx.vt_episode(d / f"e{i}.h5", rng, compression=None)
+    d = fx.vt_raw_dir(tmp_path_factory.mktemp("vt"), seed=0, prefix="e")
     mb.preprocess_vt(d, d / "out", val_fraction=0.1, data_seed=42, progress=False)
     return d / "out"
 

@@ -194,11 +194,7 @@ def test_vt_file_split_keeps_reference_test_and_carves_val_from_train():
 
 @pytest.fixture(scope="module")
 def vt_raw(tmp_path_factory):
-    d = tmp_path_factory.mktemp("vt")
-    rng = np.random.default_rng(5)
-    for i in range(4):
-        fx.vt_episode(d / f"ep{i}.h5", rng, compression=None)
-    return d
+    return fx.vt_raw_dir(tmp_path_factory.mktemp("vt"), seed=5)
 
 
 def test_vt_items_match_the_spec(vt_raw, tmp_path):

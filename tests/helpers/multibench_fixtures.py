@@ -111,6 +111,14 @@ def vt_episode(path: Path, rng: np.random.Generator, compression: str | None = "
             f.create_dataset(key, data=rng.normal(size=(t, d)).astype(np.float32))
 
 
+def vt_raw_dir(d: Path, seed: int, episodes: int = 4, prefix: str = "ep") -> Path:
+    """A Vision&Touch raw folder of `episodes` uncompressed episode files drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    for i in range(episodes):
+        vt_episode(d / f"{prefix}{i}.h5", rng, compression=None)
+    return d
+
+
 def vt_zip(tmp: Path, n_files: int = VT_FILES, seed: int = 0, extra_members: dict | None = None) -> bytes:
     rng = np.random.default_rng(seed)
     tmp.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,10 @@ from infmask.models.fusion import random_keep_mask
 from infmask.models.methods import build_method
 from infmask.models.reference import STEP_PHASES, reference_step
 
+from helpers.method_inputs import MOD_SEQ as SEQ, MOD_TAB as TAB
+
 IMAGE = {"name": "image", "encoder": "alexnet", "encoder_kwargs": {}, "adapter": "patched",
          "adapter_kwargs": {"num_channels": 256, "grid_size": 3}}
-TAB = {"name": "tab", "encoder": "mlp", "encoder_kwargs": {"in_dim": 5, "hidden_dim": 10, "out_dim": 10},
-       "adapter": "features", "adapter_kwargs": {"n_features": 10}}
-SEQ = {"name": "seq", "encoder": "gru", "encoder_kwargs": {"in_dim": 3, "hidden_dim": 16}, "adapter": "none"}
 
 
 def make_cfg(method, mods, **model):

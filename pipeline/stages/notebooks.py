@@ -73,8 +73,7 @@ def execute_notebooks(root: Path, out_dir: Path, timeout: int = 120, names: tupl
     ensure_kernel()
     root, out_dir = Path(root).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, INFMASK_ROOT=str(root), MPLBACKEND="Agg",
-               PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env = dict(os.environ, INFMASK_ROOT=str(root), MPLBACKEND="Agg")
     env.pop("JPY_PARENT_PID", None)
     done = []
     for name in names:

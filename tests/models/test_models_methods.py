@@ -157,6 +157,7 @@ class NaNFrom(RandomSSL):
         return item
 
 
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # no val on purpose
 @pytest.mark.parametrize("every_step, where", [(True, "is nan at epoch 0, batch 1"),
                                                (False, "non-finite at epoch 0, between batch 0 and batch 2")])
 def test_non_finite_loss_stops_the_trainer(every_step, where):

@@ -46,7 +46,6 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -15,6 +15,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from infmask.data.durable import atomic_path
 
 from .progress import probe_due
+
 log = logging.getLogger("infmask.pretrain")
 
 

@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default="auto", choices=("auto", "comm", "none"),
                    help="also time CoMM at the same config (auto: for infmasking)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i] (default: auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    _add_threads(p)
     p.add_argument("--data", action="store_true", help="time on the real training loader's first batch")
     p.add_argument("--savings", action="store_true", help="also time the fusion's exact savings one by one")
     p.add_argument("--optimisations", action="store_true",
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from infmask.data.registry import UnknownDatasetError
     try:
-        if args.stage != "bench" and getattr(args, "threads", None) is not None:   # bench sets its own
+        if getattr(args, "threads", None) is not None:
             _set_threads(args.threads)
         return run_stage(args.stage, args)
     except (UsageError, ConfigError, UnknownDatasetError) as e:

@@ -12,7 +12,7 @@ CHECK_PASSED = "infmask trial: command check passed:"
 
 def trial_arguments(argv: list[str]) -> tuple[str, str, str, dict]:
     """benchmark, method, preset and the config overrides of a trial's argv (the seed, when given, stays among the
-    overrides, so it is type-checked like every key)."""
+    overrides, so it is type-checked like every key: 1.5 or "abc" is an error, not seed 1)."""
     ov = parse_overrides([a for a in argv if a != "--"])
     if "benchmark" not in ov:
         raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
@@ -20,8 +20,6 @@ def trial_arguments(argv: list[str]) -> tuple[str, str, str, dict]:
     method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
     preset = str(ov.pop("preset", "cpu"))
     benchmark = str(ov.pop("benchmark"))
-    # the seed stays among the overrides: it goes through the same typed check as every other key (1.5 or "abc" is
-    # an error, not seed 1)
     return benchmark, method, preset, ov
 
 

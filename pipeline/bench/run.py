@@ -37,16 +37,12 @@ def _loadavg():
 
 
 def bench(cfg, *, steps: int = 5, warmup: int = 1, baseline: bool = True, compare: str = "auto",
-          device: str = "auto", threads: int | None = None, real_data: bool = False, savings: bool = False,
+          device: str = "auto", real_data: bool = False, savings: bool = False,
           extras: bool = False, memory: bool = True, real_steps: int = 0, log=print, root=None) -> dict:
     import torch
 
     if steps < 1 or warmup < 0:
         raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    if threads is not None:
-        if threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
     if real_steps:
         from .real_loop import check
 

@@ -16,7 +16,7 @@ def bench_cli(args) -> int:
     log = (lambda s: print(s, file=sys.stderr)) if to_stdout else print
     res = bench(cfg, steps=args.steps, warmup=args.warmup, baseline=not args.no_baseline,
                 compare=getattr(args, "compare", "auto"), device=getattr(args, "device", "auto"),
-                threads=getattr(args, "threads", None), real_data=bool(getattr(args, "data", False)),
+                real_data=bool(getattr(args, "data", False)),
                 savings=bool(getattr(args, "savings", False)), extras=bool(getattr(args, "optimisations", False)),
                 memory=not getattr(args, "no_memory", False), real_steps=getattr(args, "real_steps", 0) or 0,
                 log=log, root=args.root)

@@ -106,7 +106,7 @@ def test_threads_option_sets_torch_and_the_environment_for_child_processes(tmp_p
     finally:
         torch.set_num_threads(before)
     capsys.readouterr()
-    for stage in (["pretrain", "trifeatures"], ["run", "trifeatures"], ["probe", "nope"]):
+    for stage in (["pretrain", "trifeatures"], ["run", "trifeatures"], ["probe", "nope"], ["bench", "trifeatures"]):
         assert main([*stage, "--threads", "0", "--root", str(tmp_path / "ws")]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "--threads must be >= 1, got 0" in err, err

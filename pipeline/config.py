@@ -7,10 +7,10 @@ A benchmark file (`pipeline/configs/<benchmark>.yaml`) holds
     methods: [infmasking, comm, ...] # methods this benchmark supports
     base: {data: ..., model: ..., optim: ..., trainer: ..., probe: ...}   # the paper's values
     method_overrides: {comm: {...}}  # per-method deltas on top of base
-    presets: {paper: {}, cpu: {...}, smoke: {...}}
+    presets: {paper: {}, cpu: {..., method_overrides: {cross_self: {...}}}, smoke: {...}}
 
-The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + command-line overrides, in that
-order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an
+The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + the preset's own
+`method_overrides[method]` + command-line overrides, in that order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an
 unknown key is an error (exit code 2 from the CLI), never silently ignored.
 """
 from __future__ import annotations
@@ -354,6 +354,18 @@ def presets_of(spec: dict) -> list[str]:
     return list(PRESETS) + own
 
 
+def preset_layers(spec: dict, preset: str, method: str) -> tuple[dict, dict]:
+    """A preset's delta for every method and its delta for `method` alone (its `method_overrides` entry): a
+    preset that changes a hyper-parameter the paper sweeps for some methods can leave the others at their own."""
+    p = dict((spec.get("presets") or {}).get(preset) or {})
+    per_method = p.pop("method_overrides", None) or {}
+    methods = spec.get("methods", list(METHOD_NAMES))
+    if unknown := sorted(set(per_method) - set(methods)):
+        raise ConfigError(f"preset '{preset}' of '{spec.get('benchmark')}': method_overrides names unknown method(s) "
+                          f"{', '.join(unknown)}; valid methods: {', '.join(methods)}")
+    return p, per_method.get(method) or {}
+
+
 def build_config(benchmark: str, method: str = "infmasking", preset: str = "paper", seed: int | None = None,
                  overrides: list[str] | dict | None = None) -> Config:
     spec = benchmark_spec(benchmark)
@@ -364,7 +376,8 @@ def build_config(benchmark: str, method: str = "infmasking", preset: str = "pape
     if method not in methods:
         raise ConfigError(f"unknown method '{method}' for benchmark '{benchmark}'; valid methods: {', '.join(methods)}")
     d = deep_merge(spec["base"], (spec.get("method_overrides") or {}).get(method, {}))
-    d = deep_merge(d, (spec.get("presets") or {}).get(preset, {}))
+    common, own = preset_layers(spec, preset, method)
+    d = deep_merge(deep_merge(d, common), own)
     d.update(benchmark=benchmark, method=method, preset=preset)
     d.setdefault("seed", 42)
     ov = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})

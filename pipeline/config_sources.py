@@ -2,7 +2,7 @@
 
 A key's value comes from the last of these layers that sets it (the order `build_config` applies them):
 `default` (the dataclasses in pipeline/config.py; the model and optim knobs come from models/method_registry.py),
-`base`, `method <name>` and `preset <name>` (the benchmark's file in pipeline/configs/), `command line` (KEY=VALUE
+`base`, `method <name>`, `preset <name>` and `preset <name>, method <name>` (the benchmark's file in pipeline/configs/), `command line` (KEY=VALUE
 overrides), `--seed`. The output is valid YAML that loads back into the same config (sources are trailing
 comments).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from .config import Config, benchmark_spec, build_config, parse_overrides
+from .config import Config, benchmark_spec, build_config, parse_overrides, preset_layers
 
 TOP_LEVEL = ("benchmark", "method", "preset", "seed")
 
@@ -31,9 +31,11 @@ def sources(benchmark: str, method: str, preset: str, seed: int | None, override
     """Dotted key -> the layer that set it. `variant`: keys `infmask run` sets per data variant (run_variants)."""
     spec = benchmark_spec(benchmark)
     ov = parse_overrides(list(overrides)) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
+    common, own = preset_layers(spec, preset, method)
     layers = [("base", _flat(spec.get("base"))),
               (f"method {method}", _flat((spec.get("method_overrides") or {}).get(method))),
-              (f"preset {preset}", _flat((spec.get("presets") or {}).get(preset))),
+              (f"preset {preset}", _flat(common)),
+              (f"preset {preset}, method {method}", _flat(own)),
               ("run variant", set(variant or {})),
               ("command line", {k.lstrip("-") for k in ov})]
     found = {"benchmark": "argument", "method": "argument", "preset": "argument"}
@@ -53,7 +55,7 @@ def _value(value) -> str:
 def render(cfg: Config, found: dict[str, str], header: str = "") -> str:
     lines = [f"# {header}"] if header else []
     lines += [f"# run id {cfg.run_id} (config hash {cfg.config_hash()}, without the seed; W&B group {cfg.group})",
-              "# source of each key: default (pipeline/config.py) < base < method < preset "
+              "# source of each key: default (pipeline/config.py) < base < method < preset < preset's method "
               f"(pipeline/configs/{cfg.benchmark}.yaml) < run variant (infmask run) < command line < --seed"]
     d = cfg.to_dict()
     for key in TOP_LEVEL:

@@ -208,3 +208,33 @@ def test_preset_notes_name_presets_the_benchmark_offers():
         spec = benchmark_spec(b)
         for preset, note in (spec.get("preset_notes") or {}).items():
             assert preset in presets_of(spec) and isinstance(note, str) and "\n" not in note.strip()
+
+
+def test_a_preset_s_method_overrides_apply_to_that_method_only(tmp_path, monkeypatch):
+    """A preset may leave a method at its own value of a knob it changes for the others: its `method_overrides`
+    entry comes after the preset's common part and before the command line, and the sources name it."""
+    import infmask.config as config_module
+    from infmask.config_sources import sources
+
+    spec = yaml.safe_load((config_module.CONFIG_DIR / "trifeatures.yaml").read_text())
+    spec["presets"]["smoke"]["model"]["temperature"] = 0.2
+    spec["presets"]["smoke"]["method_overrides"] = {"cross_self": {"model": {"temperature": 0.1}}}
+    (tmp_path / "trifeatures.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setattr(config_module, "CONFIG_DIR", tmp_path)
+    assert build_config("trifeatures", "comm", "smoke").model.temperature == 0.2
+    assert build_config("trifeatures", "cross_self", "smoke").model.temperature == 0.1
+    assert build_config("trifeatures", "cross_self", "smoke", overrides=["model.temperature=0.3"]).model.temperature \
+        == 0.3
+    assert sources("trifeatures", "cross_self", "smoke", None, [])["model.temperature"] == \
+        "preset smoke, method cross_self"
+    assert sources("trifeatures", "comm", "smoke", None, [])["model.temperature"] == "preset smoke"
+    # the other methods' runs keep their ids: the per-method entry is not part of their config
+    before = build_config("trifeatures", "comm", "smoke").run_id
+    del spec["presets"]["smoke"]["method_overrides"]
+    (tmp_path / "trifeatures.yaml").write_text(yaml.safe_dump(spec))
+    assert build_config("trifeatures", "comm", "smoke").run_id == before
+    # a misspelt method is an error naming the valid ones, not an override silently never applied
+    spec["presets"]["smoke"]["method_overrides"] = {"cross_slef": {"model": {"temperature": 0.1}}}
+    (tmp_path / "trifeatures.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="unknown method.*cross_slef.*valid methods: infmasking"):
+        build_config("trifeatures", "comm", "smoke")

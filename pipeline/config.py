@@ -10,8 +10,9 @@ A benchmark file (`pipeline/configs/<benchmark>.yaml`) holds
     presets: {paper: {}, cpu: {..., method_overrides: {cross_self: {...}}}, smoke: {...}}
 
 The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + the preset's own
-`method_overrides[method]` + command-line overrides, in that order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an
-unknown key is an error (exit code 2 from the CLI), never silently ignored.
+`method_overrides[method]` + command-line overrides, in that order, checked field by field against the dataclasses
+below. Every key a sweep may touch is declared here, so an unknown key is an error (exit code 2 from the CLI), never
+silently ignored.
 """
 from __future__ import annotations
 

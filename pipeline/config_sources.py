@@ -2,9 +2,9 @@
 
 A key's value comes from the last of these layers that sets it (the order `build_config` applies them):
 `default` (the dataclasses in pipeline/config.py; the model and optim knobs come from models/method_registry.py),
-`base`, `method <name>`, `preset <name>` and `preset <name>, method <name>` (the benchmark's file in pipeline/configs/), `command line` (KEY=VALUE
-overrides), `--seed`. The output is valid YAML that loads back into the same config (sources are trailing
-comments).
+`base`, `method <name>`, `preset <name>` and `preset <name>, method <name>` (the benchmark's file in
+pipeline/configs/), `command line` (KEY=VALUE overrides), `--seed`. The output is valid YAML that loads back into
+the same config (sources are trailing comments).
 """
 from __future__ import annotations
 

@@ -355,12 +355,17 @@ def presets_of(spec: dict) -> list[str]:
     return list(PRESETS) + own
 
 
+def methods_of(spec: dict) -> list[str]:
+    """The methods a benchmark file lists (every registered method when it lists none)."""
+    return spec.get("methods", list(METHOD_NAMES))
+
+
 def preset_layers(spec: dict, preset: str, method: str) -> tuple[dict, dict]:
     """A preset's delta for every method and its delta for `method` alone (its `method_overrides` entry): a
     preset that changes a hyper-parameter the paper sweeps for some methods can leave the others at their own."""
     p = dict((spec.get("presets") or {}).get(preset) or {})
     per_method = p.pop("method_overrides", None) or {}
-    methods = spec.get("methods", list(METHOD_NAMES))
+    methods = methods_of(spec)
     if unknown := sorted(set(per_method) - set(methods)):
         raise ConfigError(f"preset '{preset}' of '{spec.get('benchmark')}': method_overrides names unknown method(s) "
                           f"{', '.join(unknown)}; valid methods: {', '.join(methods)}")
@@ -373,7 +378,7 @@ def build_config(benchmark: str, method: str = "infmasking", preset: str = "pape
     valid = presets_of(spec)
     if preset not in valid:
         raise ConfigError(f"unknown preset '{preset}' for benchmark '{benchmark}'; valid presets: {', '.join(valid)}")
-    methods = spec.get("methods", list(METHOD_NAMES))
+    methods = methods_of(spec)
     if method not in methods:
         raise ConfigError(f"unknown method '{method}' for benchmark '{benchmark}'; valid methods: {', '.join(methods)}")
     d = deep_merge(spec["base"], (spec.get("method_overrides") or {}).get(method, {}))

@@ -355,14 +355,13 @@ def presets_of(spec: dict) -> list[str]:
     return list(PRESETS) + own
 
 
-def methods_of(spec: dict) -> list[str]:
-    """The methods a benchmark file lists (every registered method when it lists none)."""
+def methods_of(spec: dict) -> list[str]:   # the methods a benchmark file lists (all registered if none)
     return spec.get("methods", list(METHOD_NAMES))
 
 
 def preset_layers(spec: dict, preset: str, method: str) -> tuple[dict, dict]:
-    """A preset's delta for every method and its delta for `method` alone (its `method_overrides` entry): a
-    preset that changes a hyper-parameter the paper sweeps for some methods can leave the others at their own."""
+    """A preset's delta for every method and for `method` alone (its `method_overrides` entry): a preset that
+    changes a knob the paper sweeps for some methods can leave the others at their own."""
     p = dict((spec.get("presets") or {}).get(preset) or {})
     per_method = p.pop("method_overrides", None) or {}
     methods = methods_of(spec)

@@ -7,11 +7,11 @@ A benchmark file (`pipeline/configs/<benchmark>.yaml`) holds
     methods: [infmasking, comm, ...] # methods this benchmark supports
     base: {data: ..., model: ..., optim: ..., trainer: ..., probe: ...}   # the paper's values
     method_overrides: {comm: {...}}  # per-method deltas on top of base
-    presets: {paper: {}, cpu: {..., method_overrides: {cross_self: {...}}}, smoke: {...}}
+    presets: {paper: {}, cpu: {..., method_overrides: {cross_self: {...}}, when: [...]}, smoke: {...}}
 
 The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + the preset's own
-`method_overrides[method]` + command-line overrides, in that order, checked field by field against the dataclasses
-below. Every key a sweep may touch is declared here, so an unknown key is an error (exit code 2 from the CLI), never
+`method_overrides[method]` + the preset's matching `when` entries (pipeline/config_layers.py) + command-line
+overrides, in that order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an unknown key is an error (exit code 2 from the CLI), never
 silently ignored.
 """
 from __future__ import annotations
@@ -32,12 +32,10 @@ import yaml
 from infmask.models.method_registry import (METHOD_NAMES, ModelParams, OptimParams, method_knobs, method_param_fields,
                                             param_problems)
 
+from .config_layers import (PRESETS, ConfigError, deep_merge, methods_of, preset_layers,  # noqa: F401 (re-exported)
+                            presets_of, when_layers)
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-PRESETS = ("paper", "cpu", "smoke")   # every benchmark has these; a benchmark file may add its own (e.g. demo)
-
-
-class ConfigError(ValueError):
-    """A config value or key is invalid; the message names the key and the valid choices."""
 
 
 @dataclass
@@ -326,16 +324,6 @@ def _apply(d: dict, key: str, value):
     d.setdefault(section, {})[name] = value
 
 
-def deep_merge(base: dict, delta: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (delta or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "modalities":
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 def benchmarks() -> list[str]:
@@ -347,28 +335,6 @@ def benchmark_spec(benchmark: str) -> dict:
     if not path.exists():
         raise ConfigError(f"unknown benchmark '{benchmark}'; valid benchmarks: {', '.join(benchmarks())}")
     return yaml.safe_load(path.read_text())
-
-
-def presets_of(spec: dict) -> list[str]:
-    """The presets a benchmark file offers: paper, cpu and smoke, then any of its own."""
-    own = [p for p in (spec.get("presets") or {}) if p not in PRESETS]
-    return list(PRESETS) + own
-
-
-def methods_of(spec: dict) -> list[str]:   # the methods a benchmark file lists (all registered if none)
-    return spec.get("methods", list(METHOD_NAMES))
-
-
-def preset_layers(spec: dict, preset: str, method: str) -> tuple[dict, dict]:
-    """A preset's delta for every method and for `method` alone (its `method_overrides` entry): a preset that
-    changes a knob the paper sweeps for some methods can leave the others at their own."""
-    p = dict((spec.get("presets") or {}).get(preset) or {})
-    per_method = p.pop("method_overrides", None) or {}
-    methods = methods_of(spec)
-    if unknown := sorted(set(per_method) - set(methods)):
-        raise ConfigError(f"preset '{preset}' of '{spec.get('benchmark')}': method_overrides names unknown method(s) "
-                          f"{', '.join(unknown)}; valid methods: {', '.join(methods)}")
-    return p, per_method.get(method) or {}
 
 
 def build_config(benchmark: str, method: str = "infmasking", preset: str = "paper", seed: int | None = None,
@@ -386,13 +352,22 @@ def build_config(benchmark: str, method: str = "infmasking", preset: str = "pape
     d.update(benchmark=benchmark, method=method, preset=preset)
     d.setdefault("seed", 42)
     ov = parse_overrides(overrides) if isinstance(overrides, list) else dict(overrides or {})
+    # the preset's `when` entries match the config that every other layer gives (config_layers.py)
+    for _, delta in when_layers(spec, preset, _build(Config, _finish(d, ov, seed), "").to_dict()):
+        d = deep_merge(d, delta)
+    return Config.from_dict(_finish(d, ov, seed))
+
+
+def _finish(d: dict, ov: dict, seed: int | None) -> dict:
+    """The command-line layer and --seed on a copy of `d`."""
+    d = copy.deepcopy(d)
     for key, value in ov.items():
         if key in ("benchmark", "method", "preset") and value != d[key]:
             raise ConfigError(f"'{key}' cannot be overridden here (it is {d[key]!r}); pass it as the stage argument")
         _apply(d, key, value)
     if seed is not None:
         d["seed"] = seed
-    return Config.from_dict(d)
+    return d
 
 
 # ---------------------------------------------------------------------------------------------- validation

@@ -2,15 +2,15 @@
 
 A key's value comes from the last of these layers that sets it (the order `build_config` applies them):
 `default` (the dataclasses in pipeline/config.py; the model and optim knobs come from models/method_registry.py),
-`base`, `method <name>`, `preset <name>` and `preset <name>, method <name>` (the benchmark's file in
-pipeline/configs/), `command line` (KEY=VALUE overrides), `--seed`. The output is valid YAML that loads back into
-the same config (sources are trailing comments).
+`base`, `method <name>`, `preset <name>`, `preset <name>, method <name>` and `preset <name>, when <condition>` (the
+benchmark's file in pipeline/configs/), `run variant`, `command line` (KEY=VALUE overrides), `--seed`. The output is
+valid YAML that loads back into the same config (sources are trailing comments).
 """
 from __future__ import annotations
 
 import yaml
 
-from .config import Config, benchmark_spec, build_config, parse_overrides, preset_layers
+from .config import Config, benchmark_spec, build_config, parse_overrides, preset_layers, when_layers
 
 TOP_LEVEL = ("benchmark", "method", "preset", "seed")
 
@@ -32,10 +32,13 @@ def sources(benchmark: str, method: str, preset: str, seed: int | None, override
     spec = benchmark_spec(benchmark)
     ov = parse_overrides(list(overrides)) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
     common, own = preset_layers(spec, preset, method)
+    # a `when` entry never sets a key its condition reads, so matching it on the final config is the same match
+    resolved = build_config(benchmark, method, preset, seed=seed, overrides={**(variant or {}), **ov}).to_dict()
     layers = [("base", _flat(spec.get("base"))),
               (f"method {method}", _flat((spec.get("method_overrides") or {}).get(method))),
               (f"preset {preset}", _flat(common)),
               (f"preset {preset}, method {method}", _flat(own)),
+              *((f"preset {preset}, {label}", _flat(delta)) for label, delta in when_layers(spec, preset, resolved)),
               ("run variant", set(variant or {})),
               ("command line", {k.lstrip("-") for k in ov})]
     found = {"benchmark": "argument", "method": "argument", "preset": "argument"}
@@ -55,8 +58,8 @@ def _value(value) -> str:
 def render(cfg: Config, found: dict[str, str], header: str = "") -> str:
     lines = [f"# {header}"] if header else []
     lines += [f"# run id {cfg.run_id} (config hash {cfg.config_hash()}, without the seed; W&B group {cfg.group})",
-              "# source of each key: default (pipeline/config.py) < base < method < preset < preset's method "
-              f"(pipeline/configs/{cfg.benchmark}.yaml) < run variant (infmask run) < command line < --seed"]
+              "# source of each key: default (pipeline/config.py) < base < method < preset < preset's method < preset's "
+              f"when (pipeline/configs/{cfg.benchmark}.yaml) < run variant (infmask run) < command line < --seed"]
     d = cfg.to_dict()
     for key in TOP_LEVEL:
         lines.append(f"{key}: {_value(d.pop(key))}  # {found.get(key, 'default')}")

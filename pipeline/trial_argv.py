@@ -3,7 +3,7 @@ it) read into a checked config, and the handshake of the trial-command check. Sh
 runs it, and the sweep runner, which checks a sweep file's parameters and command before any trial starts."""
 from __future__ import annotations
 
-from .config import benchmark_spec, build_config, parse_overrides
+from .config import benchmark_spec, build_config, methods_of, parse_overrides
 from .errors import UsageError
 
 CHECK_ENV = "INFMASK_TRIAL_CHECK"          # set: parse and validate the argv, then exit 0 without training
@@ -17,7 +17,7 @@ def trial_arguments(argv: list[str]) -> tuple[str, str, str, dict]:
     if "benchmark" not in ov:
         raise UsageError("trial needs --benchmark=NAME (and optionally --method, --preset, --seed)")
     spec = benchmark_spec(str(ov["benchmark"]))
-    method = str(ov.pop("method", spec.get("methods", ["infmasking"])[0]))
+    method = str(ov.pop("method", methods_of(spec)[0]))
     preset = str(ov.pop("preset", "cpu"))
     benchmark = str(ov.pop("benchmark"))
     return benchmark, method, preset, ov

@@ -10,7 +10,7 @@ from pathlib import Path
 from infmask.data.interface import DataPaths, DatasetError, settings_from
 from infmask.data.registry import DATASETS, DatasetEntry, dataset_for
 
-from ..config import benchmark_spec, build_config
+from ..config import benchmark_spec, build_config, methods_of
 from ..errors import UsageError
 from ..workspace import Workspace
 
@@ -118,7 +118,7 @@ def ensure_data(cfg, ws, force: bool = False):
 
 def preprocess_cli(args) -> int:
     spec = benchmark_spec(args.benchmark)
-    method = spec.get("methods", ["infmasking"])[0]
+    method = methods_of(spec)[0]
     bad = [o for o in args.overrides if not o.lstrip("-").startswith("data.")]
     if bad:
         raise UsageError(f"preprocess takes only data.* overrides, got '{bad[0]}'")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..config import benchmark_spec, build_config
+from ..config import benchmark_spec, build_config, methods_of
 from ..errors import UsageError
 from ..store import ResultsStore
 from ..workspace import Workspace
@@ -17,7 +17,7 @@ def _split(text: str | None) -> list[str]:
 
 def run_cli(args) -> int:
     spec = benchmark_spec(args.benchmark)
-    methods = _split(args.methods) or list(spec.get("methods", []))
+    methods = _split(args.methods) or methods_of(spec)
     try:
         seeds = [int(s) for s in _split(args.seeds)]
     except ValueError:

@@ -11,8 +11,8 @@ A benchmark file (`pipeline/configs/<benchmark>.yaml`) holds
 
 The resolved config is `base` + `method_overrides[method]` + `presets[preset]` + the preset's own
 `method_overrides[method]` + the preset's matching `when` entries (pipeline/config_layers.py) + command-line
-overrides, in that order, checked field by field against the dataclasses below. Every key a sweep may touch is declared here, so an unknown key is an error (exit code 2 from the CLI), never
-silently ignored.
+overrides, in that order, checked field by field against the dataclasses below. Every key a sweep may touch is
+declared here, so an unknown key is an error (exit code 2 from the CLI), never silently ignored.
 """
 from __future__ import annotations
 

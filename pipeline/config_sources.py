@@ -58,8 +58,9 @@ def _value(value) -> str:
 def render(cfg: Config, found: dict[str, str], header: str = "") -> str:
     lines = [f"# {header}"] if header else []
     lines += [f"# run id {cfg.run_id} (config hash {cfg.config_hash()}, without the seed; W&B group {cfg.group})",
-              "# source of each key: default (pipeline/config.py) < base < method < preset < preset's method < preset's "
-              f"when (pipeline/configs/{cfg.benchmark}.yaml) < run variant (infmask run) < command line < --seed"]
+              "# source of each key: default (pipeline/config.py) < base < method < preset < preset's method "
+              f"< preset's when (pipeline/configs/{cfg.benchmark}.yaml) < run variant (infmask run) < command line "
+              "< --seed"]
     d = cfg.to_dict()
     for key in TOP_LEVEL:
         lines.append(f"{key}: {_value(d.pop(key))}  # {found.get(key, 'default')}")

@@ -72,9 +72,15 @@ def _lookup(resolved: dict, key: str, where: str):
     return resolved[section][name]
 
 
-def _set_keys(delta: dict) -> set[str]:
-    return {f"{s}.{k}" for s, v in delta.items() if isinstance(v, dict) for k in v} | \
-        {s for s, v in delta.items() if not isinstance(v, dict)}
+def layer_keys(d: dict | None, prefix: str = "") -> set[str]:
+    """Dotted keys a layer sets: section.key (values inside a key, e.g. modalities, are the key's own)."""
+    out = set()
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and not prefix:
+            out |= {f"{k}.{sub}" for sub in v}
+        else:
+            out.add(f"{prefix}{k}")
+    return out
 
 
 def when_layers(spec: dict, preset: str, resolved: dict) -> list[tuple[str, dict]]:
@@ -91,7 +97,7 @@ def when_layers(spec: dict, preset: str, resolved: dict) -> list[tuple[str, dict
                 and entry["if"] and isinstance(entry["set"], dict)):
             raise ConfigError(f"{here}: expected {{if: {{KEY: VALUE, ...}}, set: {{SECTION: {{...}}}}}}, got {entry!r}")
         cond, delta = entry["if"], entry["set"]
-        if clash := sorted(set(cond) & _set_keys(delta)):
+        if clash := sorted(set(cond) & layer_keys(delta)):
             raise ConfigError(f"{here}: sets {', '.join(clash)}, which its own `if` reads")
         if "method" in cond and cond["method"] not in methods_of(spec):
             raise ConfigError(f"{here}: unknown method '{cond['method']}'; valid methods: "

@@ -11,34 +11,26 @@ from __future__ import annotations
 import yaml
 
 from .config import Config, benchmark_spec, build_config, parse_overrides, preset_layers, when_layers
+from .config_layers import layer_keys
 
 TOP_LEVEL = ("benchmark", "method", "preset", "seed")
 
 
-def _flat(d: dict | None, prefix: str = "") -> set[str]:
-    """Dotted keys a layer sets: section.key (values inside a key, e.g. modalities, are the key's own)."""
-    out = set()
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and not prefix:
-            out |= {f"{k}.{sub}" for sub in v}
-        else:
-            out.add(f"{prefix}{k}")
-    return out
-
-
 def sources(benchmark: str, method: str, preset: str, seed: int | None, overrides,
-            variant: dict | None = None) -> dict[str, str]:
-    """Dotted key -> the layer that set it. `variant`: keys `infmask run` sets per data variant (run_variants)."""
+            variant: dict | None = None, cfg: Config | None = None) -> dict[str, str]:
+    """Dotted key -> the layer that set it. `variant`: keys `infmask run` sets per data variant (run_variants);
+    `cfg`: the config these arguments resolve to, when the caller has built it already."""
     spec = benchmark_spec(benchmark)
     ov = parse_overrides(list(overrides)) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
     common, own = preset_layers(spec, preset, method)
     # a `when` entry never sets a key its condition reads, so matching it on the final config is the same match
-    resolved = build_config(benchmark, method, preset, seed=seed, overrides={**(variant or {}), **ov}).to_dict()
-    layers = [("base", _flat(spec.get("base"))),
-              (f"method {method}", _flat((spec.get("method_overrides") or {}).get(method))),
-              (f"preset {preset}", _flat(common)),
-              (f"preset {preset}, method {method}", _flat(own)),
-              *((f"preset {preset}, {label}", _flat(delta)) for label, delta in when_layers(spec, preset, resolved)),
+    cfg = cfg or build_config(benchmark, method, preset, seed=seed, overrides={**(variant or {}), **ov})
+    matched = when_layers(spec, preset, cfg.to_dict())
+    layers = [("base", layer_keys(spec.get("base"))),
+              (f"method {method}", layer_keys((spec.get("method_overrides") or {}).get(method))),
+              (f"preset {preset}", layer_keys(common)),
+              (f"preset {preset}, method {method}", layer_keys(own)),
+              *((f"preset {preset}, {label}", layer_keys(delta)) for label, delta in matched),
               ("run variant", set(variant or {})),
               ("command line", {k.lstrip("-") for k in ov})]
     found = {"benchmark": "argument", "method": "argument", "preset": "argument"}
@@ -76,4 +68,4 @@ def resolved_yaml(benchmark: str, method: str = "infmasking", preset: str = "pap
     """The config `build_config` resolves for these arguments, as annotated YAML (raises ConfigError like it)."""
     ov = parse_overrides(list(overrides)) if isinstance(overrides, (list, tuple)) else dict(overrides or {})
     cfg = build_config(benchmark, method, preset, seed=seed, overrides={**(variant or {}), **ov})
-    return render(cfg, sources(benchmark, method, preset, seed, ov, variant), header)
+    return render(cfg, sources(benchmark, method, preset, seed, ov, variant, cfg), header)

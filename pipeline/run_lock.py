@@ -1,9 +1,10 @@
 """One writer per run directory.
 
 `pretrain` holds the run's lock from its skip check to the end of fit, `probe` while it probes, so the same run
-started twice (a Slurm requeue while the first job still runs, two terminals, two `infmask run` over one grid)
-never trains twice into one folder: the second process stops at once with a usage error (exit 2) naming the
-process that holds the run. The lock is an flock on `<root>/locks/runs/<run id>.lock`, outside the run directory
+started twice (a Slurm requeue while the first job still runs, two terminals) never trains twice into one folder:
+the second process stops at once with a usage error (exit 2) naming the process that holds the run. `infmask run`
+instead moves on to its next run and comes back to a held one at the end, so several of them (its `--jobs`, or
+two terminals) share one grid. The lock is an flock on `<root>/locks/runs/<run id>.lock`, outside the run directory
 (which `--force` deletes), and dies with its process, so a killed run never leaves a stale lock behind.
 """
 from __future__ import annotations
@@ -48,3 +49,21 @@ def run_lock(ws, run_id: str, stage: str):
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+def wait_until_free(ws, run_id: str, poll_s: float = 2.0) -> None:
+    """Block until no process holds ``run_id`` (returns at once when none does). Polls rather than blocking in
+    flock, so Ctrl-C stops the wait."""
+    path = lock_path(ws, run_id)
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(poll_s)
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -60,3 +61,29 @@ def test_a_held_run_names_its_holder(tmp_path):
     t0 = time.monotonic()
     with run_lock(ws, "bench-m-h-s1", "probe"):  # a killed holder leaves no stale lock
         assert time.monotonic() - t0 < 5
+
+
+def test_run_with_two_jobs_shares_the_grid_and_trains_each_run_once(tmp_path, tmp_path_factory):
+    # `--jobs 2` is a second `infmask run` over the same grid: the two skip what the other holds
+    ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
+    cmd = [sys.executable, "-m", "infmask", "run", "trifeatures", "--preset", "smoke", "--seeds", "42",
+           "--methods", "cross,comm", "--jobs", "2", "trainer.max_epochs=1", "probe.every_n_epochs=0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=cli_env(ws), capture_output=True, text=True, timeout=500)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-4000:]
+    assert re.search(r"2 runs at a time, \d+ threads? each", text), text[-4000:]
+    trained = [ln for ln in proc.stdout.splitlines() if ": training 1 epochs" in ln]
+    assert len(trained) == 4, text[-4000:]  # four runs (2 methods x 2 data variants), each trained once
+    assert sum(ln.startswith("job 2: ") for ln in trained) >= 1, text[-4000:]  # the second job took its share
+    runs = ResultsStore(ws / "results.sqlite").query("SELECT * FROM runs")
+    assert sorted(r["status"] for r in runs) == ["finished"] * 4
+    for metrics in (ws / "runs").rglob("metrics.jsonl"):
+        assert [json.loads(ln)["epoch"] for ln in metrics.read_text().splitlines()] == [0]
+    assert "### Trifeatures" in proc.stdout  # the table once both are done
+
+
+def test_run_jobs_and_force_are_refused_together(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "infmask", "run", "trifeatures", "--jobs", "2", "--force",
+                           "--root", str(tmp_path / "ws")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--force cannot be combined with --jobs" in proc.stderr
+    assert not (tmp_path / "ws").exists()

@@ -47,6 +47,10 @@ def run_cli(args) -> int:
         for cfg in {c.data.__repr__(): c for c in configs}.values():
             ensure_data(cfg, ws)
     jobs = _start_jobs(args) if args.jobs > 1 else []
+    if jobs:  # SIGTERM outside training (which saves and raises on its own) still stops the jobs, via finally
+        import signal
+
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         held = _walk(configs, ws, args.force)
         if held is None or args.as_job:  # a DDP worker rank; or a job, whose starter finishes what others hold
@@ -59,6 +63,8 @@ def run_cli(args) -> int:
     finally:
         for job in jobs:  # only when this command stops early: they save a checkpoint and exit on SIGTERM
             job.stop()
+        for job in jobs:
+            job.wait()  # their last lines (e.g. where the state was saved) reach this terminal
     print(f"all {len(configs)} runs done in {time.time() - t0:.0f} s")
     table = spec.get("table")
     if table:
@@ -117,6 +123,10 @@ def _finish_held(held: list, ws) -> None:
         wait_until_free(ws, cfg.run_id)
         if _pretrain_and_probe(cfg, ws, False) == "held":  # taken again meanwhile
             held.append(cfg)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 class _Job:

@@ -87,3 +87,27 @@ def test_run_jobs_and_force_are_refused_together(tmp_path):
                            "--root", str(tmp_path / "ws")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--force cannot be combined with --jobs" in proc.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_stopping_run_with_jobs_stops_every_job_and_each_saves_its_run(tmp_path, tmp_path_factory):
+    ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
+    cmd = [sys.executable, "-m", "infmask", "run", "trifeatures", "--preset", "smoke", "--seeds", "42",
+           "--methods", "cross", "--jobs", "2", "trainer.max_epochs=400", "probe.every_n_epochs=0"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(ws), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    try:
+        for line in proc.stdout:  # both jobs training: one line each
+            lines.append(line)
+            if sum(": training 400 epochs" in ln for ln in lines) == 2:
+                break
+        time.sleep(2)
+        proc.terminate()
+        out = "".join(lines) + proc.stdout.read()
+        assert proc.wait(timeout=120) == 143, out[-4000:]
+    finally:
+        proc.kill()
+    assert "job 2: " in out
+    runs = ResultsStore(ws / "results.sqlite").query("SELECT * FROM runs")
+    assert sorted(r["status"] for r in runs) == ["preempted"] * 2, out[-4000:]  # both saved their state
+    assert subprocess.run(["pgrep", "-f", str(ws)], capture_output=True).stdout == b""  # no job left running

@@ -89,6 +89,7 @@ def test_run_jobs_and_force_are_refused_together(tmp_path):
     assert not (tmp_path / "ws").exists()
 
 
+@pytest.mark.slow  # 16 s; the default suite is near its 10-minute budget on 2 cores
 def test_stopping_run_with_jobs_stops_every_job_and_each_saves_its_run(tmp_path, tmp_path_factory):
     ws = smoke_workspace(tmp_path_factory, tmp_path / "ws")
     cmd = [sys.executable, "-m", "infmask", "run", "trifeatures", "--preset", "smoke", "--seeds", "42",

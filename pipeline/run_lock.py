@@ -5,7 +5,8 @@ started twice (a Slurm requeue while the first job still runs, two terminals) ne
 the second process stops at once with a usage error (exit 2) naming the process that holds the run. `infmask run`
 instead moves on to its next run and comes back to a held one at the end, so several of them (its `--jobs`, or
 two terminals) share one grid. The lock is an flock on `<root>/locks/runs/<run id>.lock`, outside the run directory
-(which `--force` deletes), and dies with its process, so a killed run never leaves a stale lock behind.
+(which `--force` deletes), and dies with its process, so a killed run never leaves a stale lock behind. The sweep
+runner's trial locks use the same non-blocking probes (`try_lock`, `lock_is_free`).
 """
 from __future__ import annotations
 
@@ -51,19 +52,28 @@ def run_lock(ws, run_id: str, stage: str):
         os.close(fd)  # releases the lock
 
 
-def wait_until_free(ws, run_id: str, poll_s: float = 2.0) -> None:
-    """Block until no process holds ``run_id`` (returns at once when none does). Polls rather than blocking in
-    flock, so Ctrl-C stops the wait."""
-    path = lock_path(ws, run_id)
-    if not path.exists():
-        return
-    fd = os.open(path, os.O_RDONLY)
+def try_lock(path: Path):
+    """An exclusive flock on `path` (created if missing), or None if another process holds it (a run, or a sweep
+    trial and its runner)."""
+    f = open(path, "a+")
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                time.sleep(poll_s)
-    finally:
-        os.close(fd)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def lock_is_free(path: Path) -> bool:
+    f = try_lock(path)
+    if f is None:
+        return False
+    f.close()
+    return True
+
+
+def wait_until_free(ws, run_id: str, poll_s: float = 2.0) -> None:
+    """Block until no process holds ``run_id``. Polls rather than blocking in flock, so Ctrl-C stops the wait."""
+    path = lock_path(ws, run_id)
+    while path.exists() and not lock_is_free(path):
+        time.sleep(poll_s)

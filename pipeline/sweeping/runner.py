@@ -18,8 +18,8 @@ from .agent import trial_command, worker_gpus
 from .command_check import check_command
 from .engine import suggest, to_python, to_sweep_runs
 from .spec import SweepSpec, load_sweep
-from .trials import (TRIAL_STATUSES, best_trial, kill_group, lock_is_free, metric_of, outcome, read_result,
-                     try_lock)
+from ..run_lock import lock_is_free, try_lock
+from .trials import TRIAL_STATUSES, best_trial, kill_group, metric_of, outcome, read_result
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

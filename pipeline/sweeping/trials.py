@@ -2,7 +2,6 @@
 process), the result JSON it writes, and the status and metric read from them."""
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -10,25 +9,6 @@ import signal
 from pathlib import Path
 
 TRIAL_STATUSES = ("running", "finished", "failed", "preempted")
-
-
-def try_lock(path: Path):
-    """An exclusive flock on `path`, or None if someone (a runner or its trial) holds it."""
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
-
-
-def lock_is_free(path: Path) -> bool:
-    f = try_lock(path)
-    if f is None:
-        return False
-    f.close()
-    return True
 
 
 def read_result(path: Path) -> dict | None:

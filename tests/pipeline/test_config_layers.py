@@ -73,11 +73,12 @@ def test_a_bad_entry_is_a_one_line_config_error(smoke_when, entries, message):
     assert "\n" not in str(info.value)
 
 
-def test_the_cpu_preset_gives_infmasking_s_unbiased_runs_their_own_knobs():
-    """The shipped entry: InfMasking's unbiased runs at the paper's temperature and the class's mask defaults, its
-    biased runs and the other methods at the preset's values."""
+def test_the_cpu_preset_gives_the_fusion_methods_unbiased_runs_their_own_knobs():
+    """The shipped entries: InfMasking's unbiased runs at the paper's temperature and the class's mask defaults,
+    CoMM's at the paper's temperature; their biased runs at the preset's values."""
     unbiased = build_config("trifeatures", "infmasking", "cpu", overrides=["data.biased=False"]).model
     biased = build_config("trifeatures", "infmasking", "cpu", overrides=["data.biased=True"]).model
     assert (unbiased.temperature, unbiased.mask_ratio, unbiased.num_mask) == (0.1, 0.5, 5)
     assert (biased.temperature, biased.mask_ratio, biased.num_mask) == (0.2, 0.7, 6)
-    assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=False"]).model.temperature == 0.2
+    assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=False"]).model.temperature == 0.1
+    assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=True"]).model.temperature == 0.2

@@ -82,3 +82,4 @@ def test_the_cpu_preset_gives_the_fusion_methods_unbiased_runs_their_own_knobs()
     assert (biased.temperature, biased.mask_ratio, biased.num_mask) == (0.2, 0.7, 6)
     assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=False"]).model.temperature == 0.1
     assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=True"]).model.temperature == 0.2
+    assert build_config("trifeatures", "cross", "cpu", overrides=["data.biased=False"]).model.temperature == 0.2

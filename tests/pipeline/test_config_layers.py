@@ -83,3 +83,6 @@ def test_the_cpu_preset_gives_the_fusion_methods_unbiased_runs_their_own_knobs()
     assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=False"]).model.temperature == 0.1
     assert build_config("trifeatures", "comm", "cpu", overrides=["data.biased=True"]).model.temperature == 0.2
     assert build_config("trifeatures", "cross", "cpu", overrides=["data.biased=False"]).model.temperature == 0.2
+    epochs = {(p, b): build_config("trifeatures", "comm", p, overrides=[f"data.biased={b}"]).trainer.max_epochs
+              for p in ("cpu", "cpu_long") for b in (False, True)}
+    assert epochs == {("cpu", False): 14, ("cpu", True): 12, ("cpu_long", False): 30, ("cpu_long", True): 30}

@@ -127,8 +127,13 @@ class SweepRunner:
                 return
             self._fill()
             if not self.active:
-                if self.end_reason in ("count", "failures") or not self._others_running():
+                if self.end_reason in ("count", "failures"):
                     return
+                if not self._others_running():
+                    # An orphan may have freed its lock after _fill looked; one more pass adopts or reruns it.
+                    self._fill()
+                    if not self.active:
+                        return
             time.sleep(self.poll)
 
     def _fill(self) -> None:
